@@ -1,0 +1,3 @@
+from timewait.cli import main
+
+raise SystemExit(main())

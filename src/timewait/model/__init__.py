@@ -1,0 +1,6 @@
+"""Sans-I/O model of what a Linux host does with TCP around close, TIME_WAIT and ephemeral ports.
+
+Nothing here reads a clock, opens a socket or draws unseeded randomness: every entry point takes
+`now` (integer nanoseconds, see timewait.units) and randomness comes from a `random.Random`
+passed in. Timers are exposed as deadlines (`next_deadline()`), handled by `on_timer(now)`.
+"""

@@ -1,0 +1,69 @@
+"""The two per-connection clocks Linux derives from a keyed hash: ISN and timestamp offset.
+
+K net/core/secure_seq.c `secure_tcp_seq_and_ts_off()`: one 64-bit siphash of the four-tuple and
+a boot secret. 32 bits plus `seq_scale()` (real time in ns >> 6, a 64 ns clock) give the ISN
+(RFC 6528 §3 / RFC 9293 §3.4.1); the other 32 bits are the timestamp offset when
+tcp_timestamps == 1 (0 otherwise). The offset depends only on the four-tuple, so every
+incarnation of a four-tuple shares it: that is what makes PAWS protect a new incarnation
+(RFC 7323 §5.8).
+
+We use keyed BLAKE2b in place of siphash (same role: a keyed hash the peer cannot predict); the
+secret comes from the host's seeded RNG, so runs are deterministic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from timewait.model.segment import FourTuple
+from timewait.model.seq import MASK
+from timewait.units import MS
+
+# K secure_seq.c seq_scale(): "As close as possible to RFC 793, which suggests using a 250 kHz
+# clock ... we use 64 ns (Linux's clock is 16x faster)". ns >> 6.
+ISN_CLOCK_SHIFT = 6
+# K tcp.h tcp_clock_ts(): the TCP timestamp clock ticks in ms (1 us only on tcp_usec_ts routes).
+TS_TICK = MS
+
+
+def _hash64(secret: bytes, *parts: object) -> int:
+    h = hashlib.blake2b(digest_size=8, key=secret)
+    h.update("|".join(map(str, parts)).encode())
+    return int.from_bytes(h.digest(), "little")
+
+
+@dataclass(frozen=True, slots=True)
+class HostClocks:
+    """The keyed clocks of one host. Build with `HostClocks.from_rng(rng)`."""
+
+    secret: bytes
+
+    @classmethod
+    def from_rng(cls, rng: object) -> HostClocks:
+        """Draw the boot secret from a seeded `random.Random`."""
+        getrandbits = rng.getrandbits  # type: ignore[attr-defined]
+        return cls(secret=int(getrandbits(128)).to_bytes(16, "little"))
+
+    def isn(self, ft: FourTuple, now: int) -> int:
+        """Initial sequence number for a new connection on `ft` at time `now` (ns)."""
+        h = _hash64(self.secret, "isn", *ft)
+        return (h + (now >> ISN_CLOCK_SHIFT)) & MASK
+
+    def ts_offset(self, ft: FourTuple, tcp_timestamps: int) -> int:
+        """Per-four-tuple timestamp offset (0 unless tcp_timestamps == 1, Linux 4.10+)."""
+        if tcp_timestamps != 1:
+            return 0
+        return _hash64(self.secret, "ts", *ft) & MASK
+
+    def port_offset(self, laddr: str, raddr: str, rport: int, now: int) -> int:
+        """64-bit starting point for connect()'s port search (K secure_ipv4_port_ephemeral()).
+
+        The hash covers jiffies / (10 * HZ), so the start for a destination reshuffles every 10 s.
+        """
+        return _hash64(self.secret, "port", laddr, raddr, rport, now // (10 * 1000 * MS))
+
+
+def tsval(now: int, offset: int) -> int:
+    """TSval sent at `now`: ms clock plus the connection's offset, modulo 2**32 (tcp_tw_tsval())."""
+    return (now // TS_TICK + offset) & MASK

@@ -1,0 +1,40 @@
+"""Kernel counters under their kernel names (/proc/net/netstat TcpExt, /proc/net/snmp Tcp).
+
+The model counts the same events the kernel counts, with the kernel's name, so a simulated host
+and a live one can be compared line by line. `Counters` is a plain Counter[str]; these constants
+only exist so a typo is a NameError, not a silent new counter.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Final
+
+# TcpExt (include/uapi/linux/snmp.h, K net/ipv4/proc.c snmp4_net_list)
+TW: Final = "TW"  # minisocket timer first armed with > 4 s (__inet_twsk_schedule())
+TW_KILLED: Final = "TWKilled"  # ... armed with <= 4 s (short FIN_WAIT2 waits)
+TW_RECYCLED: Final = "TWRecycled"  # TIME_WAIT taken over by connect() (__inet_check_established())
+TIME_WAIT_OVERFLOW: Final = "TCPTimeWaitOverflow"  # tcp_max_tw_buckets hit, wait skipped
+PAWS_TIMEWAIT: Final = "PAWSTimewait"  # PAWS reject in TIME_WAIT (6.16+)
+PAWS_ESTAB: Final = "PAWSEstab"  # PAWS reject on a full socket
+ACK_SKIPPED_TIMEWAIT: Final = "TCPACKSkippedTimeWait"  # OOW ACK suppressed by the rate limit
+ACK_SKIPPED_FINWAIT2: Final = "TCPACKSkippedFinWait2"
+ACK_SKIPPED_SYNSENT: Final = "TCPACKSkippedSynRecv"
+ABORT_ON_DATA: Final = "TCPAbortOnData"  # RST because data arrived after close / unread data
+ABORT_ON_CLOSE: Final = "TCPAbortOnClose"  # close() with unread data
+ABORT_ON_LINGER: Final = "TCPAbortOnLinger"  # TCP_LINGER2 < 0, or FIN_WAIT2 split ran out
+ABORT_ON_TIMEOUT: Final = "TCPAbortOnTimeout"
+CHALLENGE_ACK: Final = "TCPChallengeACK"
+# Tcp (RFC 1213 MIB, /proc/net/snmp)
+ACTIVE_OPENS: Final = "ActiveOpens"
+PASSIVE_OPENS: Final = "PassiveOpens"
+ATTEMPT_FAILS: Final = "AttemptFails"
+ESTAB_RESETS: Final = "EstabResets"
+OUT_RSTS: Final = "OutRsts"
+RETRANS_SEGS: Final = "RetransSegs"
+IN_SEGS: Final = "InSegs"
+OUT_SEGS: Final = "OutSegs"
+
+
+class Counters(Counter[str]):
+    """Kernel-named event counts; missing names read as 0."""

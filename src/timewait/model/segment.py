@@ -1,0 +1,110 @@
+"""Segments: the values that cross the wire between model hosts.
+
+A Segment is a frozen value with the header fields the model needs (no checksum, no window
+scaling, no options other than timestamps). Build one with keyword arguments and vary it with
+`dataclasses.replace`, as the tests do with their templates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntFlag
+from typing import NamedTuple
+
+
+class Flags(IntFlag):
+    """TCP header flags, with the wire bit values (RFC 9293 §3.1)."""
+
+    NONE = 0
+    FIN = 0x01
+    SYN = 0x02
+    RST = 0x04
+    PSH = 0x08
+    ACK = 0x10
+
+    def __str__(self) -> str:
+        names = [f.name for f in (Flags.SYN, Flags.FIN, Flags.RST, Flags.PSH, Flags.ACK) if f & self]
+        return "|".join(n for n in names if n) or "-"
+
+
+class FourTuple(NamedTuple):
+    """A connection as seen from one end: local address/port, remote address/port."""
+
+    laddr: str
+    lport: int
+    raddr: str
+    rport: int
+
+    def reversed(self) -> FourTuple:
+        """The same connection as the peer sees it."""
+        return FourTuple(self.raddr, self.rport, self.laddr, self.lport)
+
+    def __str__(self) -> str:
+        return f"{self.laddr}:{self.lport}->{self.raddr}:{self.rport}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Segment:
+    """One TCP segment. `tsval is None` means no timestamp option.
+
+    `payload` carries real bytes so a receiver can tell old data from new (the old-duplicates
+    scenario); `seg_len` counts SYN and FIN as one each (RFC 9293 §3.4).
+    """
+
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    seq: int
+    ack: int = 0
+    flags: Flags = Flags.NONE
+    window: int = 65535
+    payload: bytes = b""
+    tsval: int | None = None
+    tsecr: int | None = None
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.seq < 1 << 32 and 0 <= self.ack < 1 << 32):
+            raise ValueError(f"seq/ack out of 32-bit range: seq={self.seq} ack={self.ack}")
+        if not (0 <= self.sport <= 65535 and 0 <= self.dport <= 65535):
+            raise ValueError(f"port out of range: {self.sport} -> {self.dport}")
+
+    @property
+    def seg_len(self) -> int:
+        """Sequence space consumed: payload bytes, plus one for SYN and one for FIN."""
+        return len(self.payload) + (1 if self.flags & Flags.SYN else 0) + (
+            1 if self.flags & Flags.FIN else 0
+        )
+
+    @property
+    def syn(self) -> bool:
+        return bool(self.flags & Flags.SYN)
+
+    @property
+    def fin(self) -> bool:
+        return bool(self.flags & Flags.FIN)
+
+    @property
+    def rst(self) -> bool:
+        return bool(self.flags & Flags.RST)
+
+    @property
+    def has_ack(self) -> bool:
+        return bool(self.flags & Flags.ACK)
+
+    @property
+    def receiver_tuple(self) -> FourTuple:
+        """The four-tuple as the receiving host sees it (local = destination)."""
+        return FourTuple(self.dst, self.dport, self.src, self.sport)
+
+    @property
+    def sender_tuple(self) -> FourTuple:
+        return FourTuple(self.src, self.sport, self.dst, self.dport)
+
+    def __str__(self) -> str:
+        ts = f" TS {self.tsval}/{self.tsecr}" if self.tsval is not None else ""
+        data = f" len={len(self.payload)}" if self.payload else ""
+        return (
+            f"{self.src}:{self.sport} > {self.dst}:{self.dport} [{self.flags}] "
+            f"seq={self.seq} ack={self.ack}{data}{ts}"
+        )
