@@ -563,6 +563,23 @@ class PortTable:
         if not bucket.owners:
             del self._buckets[port]
 
+    def inherit(self, parent: PortOwner, child: PortOwner) -> int:
+        """An accepted child joins its listener's bucket, unchecked; returns the port.
+
+        K inet_hashtables.c `__inet_inherit_port()`: `inet_bind_hash(child, tb, tb2, port)`
+        without a conflict check or a flag update (a child would otherwise conflict with its
+        own LISTEN parent). The child's TIME_WAIT later keeps the port (ref 1.2, `transfer`).
+        InvalidArgument if `parent` holds no port or `child` already holds one.
+        """
+        port = self.port_of(parent)
+        if port is None:
+            raise InvalidArgument("inherit(): the listener holds no port")
+        if self.port_of(child) is not None:
+            raise InvalidArgument("inherit(): the child already holds a port")
+        self._buckets[port].owners.append(child)
+        self._port_of[id(child)] = port
+        return port
+
     def transfer(self, old_owner: PortOwner, new_owner: PortOwner, port: int) -> None:
         """Hand `old_owner`'s place in the bucket to `new_owner`; the bucket flags do not change.
 
