@@ -34,3 +34,10 @@ def test_equal_is_neither_before_nor_after(a: int) -> None:
 def test_window_membership_across_wrap(lo: int, size: int, off: int) -> None:
     s = seq_add(lo, off)
     assert seq_in_window(s, lo, size) == (off < size)
+
+
+def test_half_space_distance_is_both_before_and_after_like_the_kernel() -> None:
+    """include/net/tcp.h: before(a,b) = (s32)(a-b) < 0, after(a,b) = before(b,a); at 2**31 both
+    hold."""
+    a, b = 0, 2**31
+    assert seq_lt(a, b) and seq_gt(a, b)

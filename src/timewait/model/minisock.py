@@ -60,7 +60,7 @@ from timewait.errors import ModelError, ProfileError
 from timewait.model import counters as C
 from timewait.model.clock import tsval as clock_tsval
 from timewait.model.segment import Flags, FourTuple, Segment
-from timewait.model.seq import MASK, seq_add, seq_ge, seq_gt, seq_lt, ts_newer
+from timewait.model.seq import MASK, seq_add, seq_diff, seq_lt
 from timewait.model.states import TcpState
 from timewait.units import MS, SEC
 
@@ -228,7 +228,7 @@ _TW_LINUX = RuleSet(
             SegmentKind.SYN_UNACCEPTABLE: Action(
                 verdict=TwVerdict.ACK,
                 rate_limited=True,
-                source=f"{_SRC_TW}: ACK-less SYN may be a new connection, timer kept; ref 1.3 row 10",
+                source=f"{_SRC_TW}: ACK-less SYN may be a new connection: no restart; ref 1.3",
             ),
         }
     ),
@@ -660,7 +660,18 @@ class MiniSocket:
         return False
 
 
-# -- classification (pure) ------------------------------------------------------------------------
+# -- classification (pure) -----------------------------------------------------------------------
+
+
+def _before(a: int, b: int) -> bool:
+    """include/net/tcp.h before(): (s32)(a - b) < 0."""
+    return seq_lt(a, b)
+
+
+def _after(a: int, b: int) -> bool:
+    """include/net/tcp.h after(a, b) == before(b, a). Written this way (not seq_gt(a, b)) so
+    that a distance of exactly 2**31 gives the kernel's answer."""
+    return seq_lt(b, a)
 
 
 def _saw_tstamp(tw: MiniSocket, seg: Segment, timestamps: bool) -> bool:
@@ -678,7 +689,7 @@ def paws_reject(tw: MiniSocket, seg: Segment, now: int) -> bool:
     """
     if tw.ts_recent_stamp is None or seg.tsval is None:
         return False
-    if not ts_newer(tw.ts_recent, seg.tsval):  # (s32)(ts_recent - tsval) <= 0
+    if seq_diff(tw.ts_recent, seg.tsval) <= 0:  # (s32)(ts_recent - rcv_tsval) <= paws_win
         return False
     now_s, stamp_s = now // SEC, tw.ts_recent_stamp // SEC
     if now_s >= stamp_s + TCP_PAWS_WRAP // SEC:
@@ -706,9 +717,10 @@ def classify_time_wait(
 
     # New SYN: accepted on a higher seq, or (timestamps) a strictly newer TSval.
     if seg.syn and not seg.rst and not seg.has_ack and not paws:
-        if seq_gt(seg.seq, rcv_nxt):
+        if _after(seg.seq, rcv_nxt):
             return SegmentKind.SYN_ACCEPTABLE
-        if saw_ts and seg.tsval is not None and ts_newer(seg.tsval, tw.ts_recent):
+        # (s32)(tw_ts_recent - rcv_tsval) < 0: a strictly newer TSval (RFC 6191-like)
+        if saw_ts and seg.tsval is not None and seq_diff(tw.ts_recent, seg.tsval) < 0:
             return SegmentKind.SYN_ACCEPTABLE
         return SegmentKind.SYN_UNACCEPTABLE
 
@@ -729,7 +741,7 @@ def _in_window(seq: int, end_seq: int, s_win: int, e_win: int) -> bool:
     """K tcp_minisocks.c tcp_in_window()."""
     if seq == s_win:
         return True
-    if seq_gt(end_seq, s_win) and seq_lt(seq, e_win):
+    if _after(end_seq, s_win) and _before(seq, e_win):
         return True
     return seq == e_win and seq == end_seq
 
@@ -749,9 +761,9 @@ def classify_fin_wait2(
         return SegmentKind.FW2_RST_OUT_OF_WINDOW if seg.rst else SegmentKind.FW2_OUT_OF_WINDOW
     if seg.rst:
         return SegmentKind.FW2_RST_IN_WINDOW
-    if seg.syn and seq_ge(seg.seq, rcv_nxt):
+    if seg.syn and not _before(seg.seq, rcv_nxt):
         return SegmentKind.FW2_SYN_IN_WINDOW
-    if not seg.has_ack or not seq_gt(end_seq, rcv_nxt) or seg.seg_len == 0:
+    if not seg.has_ack or not _after(end_seq, rcv_nxt) or seg.seg_len == 0:
         return SegmentKind.FW2_DUP_OR_NO_ACK
     if not seg.fin or end_seq != seq_add(rcv_nxt, 1):
         return SegmentKind.FW2_NEW_DATA
@@ -772,7 +784,7 @@ def _reset_for(seg: Segment) -> Segment:
     )  # fmt: skip
 
 
-# -- creation-time rules ----------------------------------------------------------------------------
+# -- creation-time rules --------------------------------------------------------------------------
 
 
 def arm_counter(timeout: int) -> str:

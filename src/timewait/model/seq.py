@@ -29,17 +29,20 @@ def seq_lt(a: int, b: int) -> bool:
     return seq_diff(a, b) < 0
 
 
-def seq_le(a: int, b: int) -> bool:
-    return seq_diff(a, b) <= 0
-
-
 def seq_gt(a: int, b: int) -> bool:
-    """a is after b (K include/net/tcp.h after())."""
-    return seq_diff(a, b) > 0
+    """a is after b: the kernel defines after(a, b) as before(b, a), so at a distance of exactly
+    2**31 both before() and after() are true; we match that bit for bit."""
+    return seq_diff(b, a) < 0
+
+
+def seq_le(a: int, b: int) -> bool:
+    """!after(a, b)."""
+    return not seq_gt(a, b)
 
 
 def seq_ge(a: int, b: int) -> bool:
-    return seq_diff(a, b) >= 0
+    """!before(a, b)."""
+    return not seq_lt(a, b)
 
 
 def seq_in_window(s: int, lo: int, size: int) -> bool:
