@@ -71,7 +71,9 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON f
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="timewait")
-@click.option("--traceback", is_flag=True, help="Show Python tracebacks instead of one-line errors.")
+@click.option(
+    "--traceback", is_flag=True, help="Show Python tracebacks instead of one-line errors."
+)
 @click.pass_context
 def cli(ctx: click.Context, traceback: bool) -> None:
     """See, explain, predict and fix TCP TIME_WAIT and ephemeral-port exhaustion on Linux.
@@ -110,6 +112,66 @@ def config_show(obj: Ctx, sets: tuple[str, ...], profile: str, as_json: bool) ->
         obj.echo()
         for key, value in report["derived"].items():
             obj.echo(f"{key:<36} {value}")
+
+
+@cli.command("demo")
+@click.option(
+    "--lose-final-ack",
+    is_flag=True,
+    help="Drop the client's final ACK once: watch TIME_WAIT re-ACK the retransmitted FIN.",
+)
+@set_option
+@profile_option
+@click.option("--seed", type=int, default=1, show_default=True, help="Seed of the model's RNG.")
+@json_option
+@click.pass_obj
+def demo(
+    obj: Ctx, lose_final_ack: bool, sets: tuple[str, ...], profile: str, seed: int, as_json: bool
+) -> None:
+    """Trace one connection on the model: handshake, request, the client closes, TIME_WAIT.
+
+    Two model hosts (198.18.0.1 client, 198.18.0.2 server) on an in-memory wire with 25 ms
+    one-way delay. The ladder shows every segment and every state change until the client's
+    TIME_WAIT expires 60 s later (240 s with --profile rfc9293).
+    """
+    from timewait.demo import traced_close
+    from timewait.render.ladder import render_ladder
+
+    result = traced_close(
+        lose_final_ack=lose_final_ack, config=parse_sets(sets), profile=get_profile(profile),
+        seed=seed,
+    )  # fmt: skip
+    if as_json:
+        obj.emit_json(
+            {
+                "summary": result.summary,
+                "ladder": [
+                    {
+                        "time_ms": r.time / 1e6,
+                        "side": "client" if r.left else "server",
+                        **({"state": r.state} if r.state else {}),
+                        **({"segment": str(r.segment), "lost": r.lost} if r.segment else {}),
+                    }
+                    for r in sorted(result.rungs, key=lambda r: r.time)
+                ],
+            }
+        )
+        return
+    obj.echo(render_ladder(result.rungs, result.left, result.right))
+    obj.echo()
+    s = result.summary
+    if s["client_time_wait_lasted_s"] is not None:
+        obj.echo(
+            f"The client closed first, so the client held TIME_WAIT for "
+            f"{s['client_time_wait_lasted_s']:.3f} s; the server ({s['server_time_waits']} "
+            f"TIME_WAITs) went LAST-ACK -> CLOSED."
+        )
+    if s["final_ack_lost"]:
+        obj.echo(
+            "The final ACK was lost: the server retransmitted its FIN, the client's TIME_WAIT "
+            "re-ACKed it and restarted its 60 s timer (tcp_timewait_state_process(), ref 1.3)."
+        )
+    obj.echo(f"resets on the wire: {s['resets']}")
 
 
 def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> int:

@@ -1,4 +1,4 @@
-"""KernelConfig: every per-netns setting that shapes TIME_WAIT and ephemeral ports, in one frozen value.
+"""KernelConfig: every per-netns setting that shapes TIME_WAIT and ephemeral ports, frozen.
 
 Theory of operation
 -------------------
@@ -15,7 +15,8 @@ Bounds were measured by writing each sysctl inside a throwaway namespace (`unsha
   ip_local_reserved_ports   list of ports and ranges, each 0..65535 ("8080,9000-9002")
   tcp_tw_reuse              0..2 (`proc_dou8vec_minmax`, extra2 = two)
   tcp_tw_reuse_delay        1..60000 ms (TCP_PAWS_MSL * 1000), Linux >= 6.14
-  tcp_timestamps            0..255 (u8; 0 off, 1 on with per-connection offsets, other: on, no offsets)
+  tcp_timestamps            0..255 (u8; 0 off, 1 on with per-connection offsets, others on
+                            without offsets)
   tcp_fin_timeout           any int, seconds (`proc_dointvec_jiffies`); negative values are accepted
   tcp_max_tw_buckets        any int (`proc_dointvec`); negative values are accepted (every TIME_WAIT
                             then overflows)
@@ -233,7 +234,9 @@ def parse_port_list(text: str) -> frozenset[int]:
             continue
         lo_s, sep, hi_s = item.partition("-")
         if not lo_s.isdigit() or (sep and not hi_s.isdigit()):
-            raise ConfigError("ip_local_reserved_ports", text, "ports or ranges like 8080,9000-9010")
+            raise ConfigError(
+                "ip_local_reserved_ports", text, "ports or ranges like 8080,9000-9010"
+            )
         lo, hi = int(lo_s), int(hi_s) if sep else int(lo_s)
         if lo > hi or hi > 65535:
             raise ConfigError("ip_local_reserved_ports", text, "ports in 0..65535, ranges low-high")

@@ -63,7 +63,7 @@ def test_time_wait_ends_after_60s_of_model_time() -> None:
     assert net.client.tw_count == 1
     net.wire.run(created + 60 * SEC)
     assert net.client.tw_count == 0
-    assert net.client.ports.holders(tw.tuple.lport) == []
+    assert net.client.ports.holders(tw.tuple.lport) == ()
 
 
 def test_rfc9293_profile_holds_time_wait_240s() -> None:

@@ -162,8 +162,14 @@ class Host:
         config: KernelConfig | None = None,
         profile: Profile = LINUX,
         name: str = "host",
+        trace: bool = False,
     ) -> None:
         self.name = name
+        # (now, four-tuple, old, new) for every state change, when tracing (ladder diagrams).
+        self.state_log: list[tuple[int, FourTuple, TcpState, TcpState]] | None = (
+            [] if trace else None
+        )
+        self._hist_seen: dict[FourTuple, int] = {}
         self.addrs: tuple[str, ...] = tuple(dict.fromkeys([*addrs, "127.0.0.1", "::1"]))
         self.config = config or KernelConfig()
         self.profile = profile
@@ -199,8 +205,10 @@ class Host:
         elif opt is SockOpt.SO_REUSEPORT:
             s.reuseport = bool(value)
         elif opt is SockOpt.SO_LINGER:
-            onoff, secs = value  # type: ignore[misc]
-            s.linger_zero = bool(onoff) and int(secs) == 0
+            if not (isinstance(value, tuple) and len(value) == 2):
+                raise InvalidArgument("SO_LINGER takes (onoff, seconds)")
+            onoff, linger = value
+            s.linger_zero = bool(onoff) and int(linger) == 0
         elif opt is SockOpt.IP_BIND_ADDRESS_NO_PORT:
             s.bind_address_no_port = bool(value)
         elif opt is SockOpt.IP_LOCAL_PORT_RANGE:
@@ -239,6 +247,11 @@ class Host:
         if not s.lport:
             self.bind(fd, s.bind_addr, 0, now)
         s.listening = True
+        try:
+            self.ports.listen(s, s.lport)  # inet_csk_listen_start() re-checks conflicts
+        except Exception:
+            s.listening = False
+            raise
 
     def connect(self, fd: int, addr: str, port: int, now: int) -> None:
         """connect(2), non-blocking: picks the local port, queues the SYN.
@@ -421,7 +434,7 @@ class Host:
                 self._after(sk, now)
             elif isinstance(sk, MiniSocket):
                 if sk.expires <= now:
-                    self._kill_tw(sk)  # tw_timer_handler(): nothing is sent on expiry
+                    self._kill_tw(sk, now)  # tw_timer_handler(): nothing is sent on expiry
                 else:
                     self._schedule(ft, sk.expires)
 
@@ -510,7 +523,7 @@ class Host:
             tk = tw_unique(sk, config=self.config, now=now, autobind=autobind)
             if tk is not None:
                 self.counters[C.TW_RECYCLED] += 1
-                self._kill_tw(sk)
+                self._kill_tw(sk, now)
                 return True, tk
         return False, None
 
@@ -519,10 +532,13 @@ class Host:
         conn.linger_zero = s.linger_zero
         conn.linger2 = s.linger2
         s.conn = conn
+        self._hist_seen[conn.tuple] = 0
         self.ehash[conn.tuple] = conn
         self._owner[conn.tuple] = s
 
-    def _passive_open(self, listener: Socket, syn: Segment, now: int, isn: int | None = None) -> None:
+    def _passive_open(
+        self, listener: Socket, syn: Segment, now: int, isn: int | None = None
+    ) -> None:
         ft = syn.receiver_tuple
         child = Socket(
             fd=-1,
@@ -545,10 +561,11 @@ class Host:
         )
         conn.counters = self.counters
         child.conn = conn
+        self._hist_seen[ft] = 0
         self.ehash[ft] = conn
         self._owner[ft] = child
         # __inet_inherit_port(): the child joins the listener's bind bucket.
-        self.ports.inherit(child, ft.lport)
+        self.ports.inherit(listener, child)
         child.port_held = True
         self._after(conn, now)
 
@@ -558,7 +575,7 @@ class Host:
         if res.verdict is TwVerdict.SYN:
             listener = self._listener(tw.tuple.laddr, tw.tuple.lport)
             if listener is not None and res.isn is not None:
-                self._kill_tw(tw)
+                self._kill_tw(tw, now)
                 self._passive_open(listener, seg, now, isn=res.isn)
                 return
             self._out.append(tw.ack_for(now))
@@ -567,7 +584,7 @@ class Host:
             if res.reply.rst:
                 self.counters[C.OUT_RSTS] += 1
         if res.killed and self.ehash.get(tw.tuple) is tw:
-            self._kill_tw(tw)
+            self._kill_tw(tw, now)
         elif self.ehash.get(tw.tuple) is tw:
             self._schedule(tw.tuple, tw.expires)
 
@@ -592,6 +609,11 @@ class Host:
         """Collect output and apply the table changes a connection asked for."""
         self._out.extend(conn.segments_to_send(now))
         ft = conn.tuple
+        if self.state_log is not None:
+            seen = self._hist_seen.get(ft, 0)
+            for when, old, new in conn.history[seen:]:
+                self.state_log.append((when, ft, old, new))
+            self._hist_seen[ft] = len(conn.history)
         if self.ehash.get(ft) is not conn:
             return
         owner = self._owner.get(ft)
@@ -648,8 +670,10 @@ class Host:
             owner.port_held = False
         self._schedule(ft, tw.expires)
 
-    def _kill_tw(self, tw: MiniSocket) -> None:
+    def _kill_tw(self, tw: MiniSocket, now: int) -> None:
         """inet_twsk_kill(): unhash and drop the bind-bucket reference."""
+        if self.state_log is not None:
+            self.state_log.append((now, tw.tuple, tw.substate, TcpState.CLOSED))
         if self.ehash.get(tw.tuple) is tw:
             del self.ehash[tw.tuple]
             self._scheduled.pop(tw.tuple, None)
