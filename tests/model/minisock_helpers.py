@@ -1,6 +1,6 @@
 """Helpers that make minisocket tests read like packet exchanges.
 
-The minisocket belongs to the active closer L = 10.0.0.1:40000; its peer is P = 10.0.0.2:80.
+The minisocket belongs to the active closer L = 198.18.0.1:40000; its peer is P = 198.18.0.2:80.
 `tw_in_time_wait()` / `tw_in_fin_wait2()` build a minisocket directly (as smoltcp's
 `socket_time_wait()` does), `PEER_ACK` and friends are segment templates from P filled in with
 `dataclasses.replace` via `from_peer(...)`, and `send()` delivers one segment at a given time.
@@ -18,8 +18,8 @@ from timewait.model.segment import Flags, FourTuple, Segment
 from timewait.model.states import TcpState
 from timewait.units import SEC
 
-L_ADDR, L_PORT = "10.0.0.1", 40000
-P_ADDR, P_PORT = "10.0.0.2", 80
+L_ADDR, L_PORT = "198.18.0.1", 40000
+P_ADDR, P_PORT = "198.18.0.2", 80
 TUPLE = FourTuple(L_ADDR, L_PORT, P_ADDR, P_PORT)
 
 T0 = 1_000 * SEC  # when the minisocket was created (and ts_recent last refreshed)

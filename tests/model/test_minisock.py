@@ -1,6 +1,6 @@
 """TIME_WAIT and FIN_WAIT2 minisockets: one test per rule of ref 1.3, 1.4, 2.2, 5 and the profiles.
 
-L (10.0.0.1:40000) closed actively; its minisocket answers segments from P (10.0.0.2:80).
+L (198.18.0.1:40000) closed actively; its minisocket answers segments from P (198.18.0.2:80).
 Times are ns; the minisocket was created at T0 and each test sends at T0 + 1 s unless it says.
 """
 
@@ -588,7 +588,7 @@ def test_minisocket_is_a_bind_owner_in_both_substates() -> None:
     """Ref 1.2: sk_state is TCP_TIME_WAIT for both substates; tw_reuse copied from sk_reuse."""
     for tw in (tw_in_time_wait(reuse=True), tw_in_fin_wait2(reuse=True)):
         assert tw.is_timewait and not tw.is_listener
-        assert (tw.bind_addr, tw.bind_port, tw.reuseaddr) == ("10.0.0.1", 40000, True)
+        assert (tw.bind_addr, tw.bind_port, tw.reuseaddr) == ("198.18.0.1", 40000, True)
 
 
 def test_arm_counter_twkilled_for_4s_or_less() -> None:
@@ -865,9 +865,9 @@ _u32 = st.integers(min_value=0, max_value=MASK)
 _near = st.integers(min_value=-70_000, max_value=70_000).map(lambda d: (RCV_NXT + d) & MASK)
 _segments = st.builds(
     lambda seq, ack, flags, payload, ts: Segment(
-        src="10.0.0.2",
+        src="198.18.0.2",
         sport=80,
-        dst="10.0.0.1",
+        dst="198.18.0.1",
         dport=40000,
         seq=seq,
         ack=ack,

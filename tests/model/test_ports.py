@@ -26,8 +26,8 @@ from timewait.model.ports import (
 )
 from timewait.model.segment import FourTuple
 
-SRC = "10.0.0.1"
-DST = "10.0.0.2"
+SRC = "198.18.0.1"
+DST = "198.18.0.2"
 SMALL = KernelConfig(ip_local_port_range=(40000, 40009))  # Lab E4/E5 range
 
 
@@ -180,7 +180,7 @@ def test_connect_eaddrnotavail_when_all_tuples_taken() -> None:
     connect_until_exhausted(net)
     with pytest.raises(AddressNotAvailable) as exc:
         net.connect()
-    assert "10.0.0.2:80" in str(exc.value) and "40000-40009" in str(exc.value)
+    assert "198.18.0.2:80" in str(exc.value) and "40000-40009" in str(exc.value)
     assert exc.value.errno == 99  # EADDRNOTAVAIL
 
 
@@ -530,28 +530,28 @@ def test_reuseport_needs_same_uid_except_time_wait() -> None:
 def test_wildcard_overlaps_specific_address() -> None:
     """K inet_rcv_saddr_equal(match_wildcard=true): 0.0.0.0 conflicts with any IPv4 address."""
     net = Net()
-    net.bind(Sock(bind_addr="10.0.0.1"), 80)
+    net.bind(Sock(bind_addr="198.18.0.1"), 80)
     with pytest.raises(AddressInUse):
         net.bind(Sock(bind_addr="0.0.0.0"), 80)
     other = Net()
     other.bind(Sock(bind_addr="0.0.0.0"), 80)
     with pytest.raises(AddressInUse):
-        other.bind(Sock(bind_addr="10.0.0.1"), 80)
+        other.bind(Sock(bind_addr="198.18.0.1"), 80)
 
 
 def test_distinct_specific_addresses_share_port() -> None:
     """K inet_rcv_saddr_equal(): two different specific addresses never overlap."""
     net = Net()
-    net.bind(Sock(bind_addr="10.0.0.1"), 80)
-    assert net.bind(Sock(bind_addr="10.0.0.2"), 80) == 80
+    net.bind(Sock(bind_addr="198.18.0.1"), 80)
+    assert net.bind(Sock(bind_addr="198.18.0.2"), 80) == 80
 
 
 def test_ipv6_wildcard_is_dual_stack() -> None:
     """K ipv6_rcv_saddr_equal(): '::' (bindv6only=0) overlaps IPv4; specific v6 does not."""
     assert addresses_overlap("::", "0.0.0.0")
-    assert addresses_overlap("::", "10.0.0.1")
-    assert addresses_overlap("::ffff:10.0.0.1", "10.0.0.1")
-    assert addresses_overlap("0.0.0.0", "::ffff:10.0.0.1")
+    assert addresses_overlap("::", "198.18.0.1")
+    assert addresses_overlap("::ffff:198.18.0.1", "198.18.0.1")
+    assert addresses_overlap("0.0.0.0", "::ffff:198.18.0.1")
     assert not addresses_overlap("2001:db8::1", "0.0.0.0")
     assert not addresses_overlap("2001:db8::1", "2001:db8::2")
     net = Net()
