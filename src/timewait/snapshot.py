@@ -105,7 +105,7 @@ def addr_bytes(addr: str) -> bytes:
 
 def addr_str(raw: bytes | np.void) -> str:
     """16 bytes -> text; IPv4-mapped addresses print as plain IPv4."""
-    b = bytes(raw)
+    b = raw.tobytes() if isinstance(raw, np.void) else bytes(raw)
     if b[:12] == _V4_PREFIX:
         return str(ipaddress.IPv4Address(b[12:]))
     return str(ipaddress.IPv6Address(b))
