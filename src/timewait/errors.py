@@ -18,7 +18,7 @@ class TimewaitError(Exception):
 
 
 class ConfigError(TimewaitError, ValueError):
-    """A kernel setting (sysctl) has a value the kernel would refuse, or text that does not parse."""
+    """A sysctl has a value the kernel would refuse, or text that does not parse."""
 
     def __init__(self, setting: str, value: object, allowed: str) -> None:
         self.setting = setting

@@ -25,6 +25,10 @@ ABORT_ON_CLOSE: Final = "TCPAbortOnClose"  # close() with unread data
 ABORT_ON_LINGER: Final = "TCPAbortOnLinger"  # TCP_LINGER2 < 0, or FIN_WAIT2 split ran out
 ABORT_ON_TIMEOUT: Final = "TCPAbortOnTimeout"
 CHALLENGE_ACK: Final = "TCPChallengeACK"
+SYN_CHALLENGE: Final = "TCPSYNChallenge"  # SYN in a synchronized state (RFC 5961 §4)
+ACK_SKIPPED_SEQ: Final = "TCPACKSkippedSeq"  # OOW ACK rate limit, full sockets
+ACK_SKIPPED_PAWS: Final = "TCPACKSkippedPAWS"
+ACK_SKIPPED_CHALLENGE: Final = "TCPACKSkippedChallenge"
 # Tcp (RFC 1213 MIB, /proc/net/snmp)
 ACTIVE_OPENS: Final = "ActiveOpens"
 PASSIVE_OPENS: Final = "PassiveOpens"

@@ -571,7 +571,11 @@ class Host:
 
     def _do_time_wait(self, tw: MiniSocket, seg: Segment, now: int) -> None:
         """tcp_v4_rcv() label do_time_wait."""
+        before = tw.substate
         res = tw.process(seg, now, self.config, self.profile, self.counters)
+        if self.state_log is not None and tw.substate is not before:
+            # FIN on a FIN_WAIT2 minisocket: substate becomes TIME_WAIT (ref 1.4).
+            self.state_log.append((now, tw.tuple, before, tw.substate))
         if res.verdict is TwVerdict.SYN:
             listener = self._listener(tw.tuple.laddr, tw.tuple.lport)
             if listener is not None and res.isn is not None:

@@ -23,8 +23,8 @@ class Flags(IntFlag):
     ACK = 0x10
 
     def __str__(self) -> str:
-        names = [f.name for f in (Flags.SYN, Flags.FIN, Flags.RST, Flags.PSH, Flags.ACK) if f & self]
-        return "|".join(n for n in names if n) or "-"
+        order = (Flags.SYN, Flags.FIN, Flags.RST, Flags.PSH, Flags.ACK)
+        return "|".join(f.name or "" for f in order if f & self) or "-"
 
 
 class FourTuple(NamedTuple):

@@ -1,0 +1,871 @@
+"""A full TCP socket (Linux `struct tcp_sock`) as a sans-I/O state machine.
+
+Theory of operation
+-------------------
+A `Connection` is one end of one connection. It is driven from three directions, each taking
+`now` (integer ns): application calls (`connect`, `send`, `read`, `close`, `shutdown_write`,
+`abort`), arriving segments (`receive`), and timers (`on_timer`, with `next_deadline()` saying
+when to call it; calling early is harmless). It never does I/O: segments to transmit queue up
+until the host drains them with `segments_to_send(now)`, and what the application would learn
+comes out of `next_event()` (timewait.model.events).
+
+Every state change is a row of timewait.model.transitions.TRANSITIONS and goes through
+`_set_state`, which appends `(now, old, new)` to `history`. The code here decides *which* input
+an arriving segment is, in the order Linux checks it (K tcp_input.c tcp_rcv_state_process(),
+tcp_validate_incoming(), tcp_ack(), tcp_data_queue(), tcp_fin()):
+
+1. PAWS (RFC 7323 §5.3), 2. sequence acceptability / RST per RFC 5961, 3. SYN in a
+synchronized state -> challenge ACK, 4. the ACK field (may complete a close), 5. the segment
+text and FIN (in order only: out-of-order segments are dropped with a duplicate ACK).
+
+Minisocket hand-off (ref 1.1, 1.2, 2.2): where Linux calls `tcp_time_wait()` the connection sets
+`pending_minisock = (substate, timeout)`, queues the ACK it owes, stops its timers and ignores
+further input; its own `state` shows TIME_WAIT or FIN_WAIT_2. The host builds the minisocket
+from the read-only fields (tuple, snd_nxt, rcv_nxt, rcv_wnd, ts_recent, ts_recent_stamp,
+ts_offset) and drops the Connection.
+
+Simplifications, each a deliberate model choice: no congestion control, no SACK, no window
+scaling, no delayed-ACK timer (every segment that needs an ACK gets one at once, but a pure ACK
+still waiting in the output queue is replaced by a later segment that carries the same
+acknowledgement -- the effect of Linux's delayed ACK for a FIN answered by close(), which makes
+"FIN+ACK in FIN_WAIT_1" happen), RTO fixed at `rto_initial` between losses (no RTT estimation),
+no zero-window probing, a receive window that does not shrink with unread data.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Final
+
+from timewait.config import TCP_FIN_TIMEOUT_MAX, TCP_TIMEWAIT_LEN, KernelConfig, Profile
+from timewait.errors import IllegalTransition, ModelError
+from timewait.model import counters as C
+from timewait.model.clock import tsval
+from timewait.model.counters import Counters
+from timewait.model.events import (
+    Closed,
+    Connected,
+    ConnectionRefused,
+    ConnectionReset,
+    ConnectionTimedOut,
+    DataReceived,
+    Event,
+    PeerClosed,
+)
+from timewait.model.segment import Flags, FourTuple, Segment
+from timewait.model.seq import MASK, seq_add, seq_diff, seq_gt, seq_in_window, seq_le, seq_lt
+from timewait.model.states import TcpState
+from timewait.model.transitions import Input, lookup
+from timewait.units import MS, SEC
+
+S = TcpState
+
+# include/net/tcp.h: TCP_TIMEOUT_INIT (1*HZ), RFC 6298 §2.1 initial RTO.
+TCP_TIMEOUT_INIT: Final = 1 * SEC
+# include/net/tcp.h: TCP_RTO_MAX (120*HZ), cap of the exponential backoff.
+TCP_RTO_MAX: Final = 120 * SEC
+# include/net/tcp.h: TCP_TIMEOUT_MIN (2U) jiffies = 8 ms at CONFIG_HZ=250 (the lab machine, ref 0).
+TCP_TIMEOUT_MIN: Final = 8 * MS
+# include/net/tcp.h: TCP_SYNACK_RETRIES 5 (sysctl tcp_synack_retries, not in KernelConfig).
+TCP_SYNACK_RETRIES: Final = 5
+# Documentation/networking/ip-sysctl.rst tcp_retries2 default 15. Linux turns it into a time
+# budget (tcp_model_timeout(), ~924 s with a 200 ms RTO); the model counts retransmissions.
+TCP_RETRIES2: Final = 15
+# K tcp_timer.c tcp_orphan_retries(): sysctl default 0 means 8 while the RTO is below TCP_RTO_MAX.
+TCP_ORPHAN_RETRIES: Final = 8
+# include/net/tcp.h TCP_PAWS_WINDOW 1: a TSval one tick older than ts_recent still passes.
+TCP_PAWS_WINDOW: Final = 1
+# include/net/tcp.h TCP_PAWS_WRAP (INT_MAX / USEC_PER_SEC) s: older ts_recent is not enforced.
+TCP_PAWS_WRAP: Final = (2**31 - 1) // 1_000_000 * SEC
+
+# K tcp.c tcp_need_reset(): states in which tcp_disconnect() sends a RST.
+_NEED_RESET: Final = frozenset(
+    {S.ESTABLISHED, S.CLOSE_WAIT, S.FIN_WAIT_1, S.FIN_WAIT_2, S.SYN_RECEIVED}
+)
+# States in which queued application data (and the FIN behind it) may be transmitted.
+_CAN_TRANSMIT: Final = frozenset({S.ESTABLISHED, S.CLOSE_WAIT, S.FIN_WAIT_1, S.LAST_ACK, S.CLOSING})
+# K tcp_input.c tcp_reset_check(): after the peer's FIN, an RST at rcv_nxt - 1 is also exact.
+_FIN_RECEIVED: Final = frozenset({S.CLOSE_WAIT, S.LAST_ACK, S.CLOSING})
+
+
+@dataclass(slots=True)
+class _Sent:
+    """A segment's worth of sequence space awaiting acknowledgement (the retransmit queue)."""
+
+    seq: int
+    payload: bytes = b""
+    syn: bool = False
+    fin: bool = False
+
+    @property
+    def end(self) -> int:
+        return seq_add(self.seq, len(self.payload) + int(self.syn) + int(self.fin))
+
+
+def _is_pure_ack(seg: Segment) -> bool:
+    return seg.flags == Flags.ACK and not seg.payload
+
+
+class Connection:
+    """One end of a TCP connection: Linux's full socket, from connect()/accept to CLOSED.
+
+    Build with the constructor and call `connect(now)` (active open), or with
+    `Connection.accept_syn(...)` (passive open). After every call, drain
+    `segments_to_send(now)` and `next_event()`, check `pending_minisock`, and schedule
+    `on_timer` at `next_deadline()`.
+    """
+
+    # Declared here because the constructor's `tuple` parameter shadows the builtin.
+    history: list[tuple[int, TcpState, TcpState]]  # (now, old, new) for every state change
+    pending_minisock: tuple[TcpState, int] | None  # (substate, timeout ns) once tcp_time_wait()
+
+    def __init__(
+        self,
+        *,
+        tuple: FourTuple,  # the integrator's name for the four-tuple (shadows the builtin here)
+        config: KernelConfig,
+        profile: Profile,
+        iss: int,
+        ts_offset: int,
+        mss: int = 1460,
+        rcv_wnd: int = 65535,
+        rto_initial: int = TCP_TIMEOUT_INIT,
+        ts_recent: int | None = None,
+        ts_recent_stamp: int | None = None,
+        name: str = "",
+    ) -> None:
+        if not 0 <= iss <= MASK:
+            raise ModelError(f"iss {iss} is not a 32-bit sequence number")
+        if mss <= 0 or not 0 <= rcv_wnd <= 65535 or rto_initial <= 0:
+            raise ModelError(f"bad mss/rcv_wnd/rto_initial: {mss}/{rcv_wnd}/{rto_initial}")
+        self.tuple: FourTuple = tuple
+        self.config = config
+        self.profile = profile
+        self.name = name
+        self.mss = mss
+        self.rcv_wnd = rcv_wnd
+        self.rto_initial = rto_initial
+        self.iss = iss
+        self.ts_offset = ts_offset
+        self.state: TcpState = S.CLOSED
+        self.history = []
+        self.counters: Counters = Counters()
+        # Set by the application before close() (SO_LINGER {1,0}; TCP_LINGER2 in ns).
+        self.linger_zero = False
+        self.linger2: int | None = None
+        self.orphaned = False
+        self.pending_minisock = None
+        # Send sequence space (RFC 9293 §3.3.1).
+        self.snd_una = iss
+        self.snd_nxt = iss
+        self.snd_wnd = 0
+        # Receive sequence space.
+        self.irs: int | None = None
+        self.rcv_nxt = 0
+        # Timestamps (RFC 7323). A connection taking over a TIME_WAIT is seeded (ref 1.5, 3).
+        self.ts_enabled = False
+        self.ts_recent: int | None = ts_recent
+        self.ts_recent_stamp: int | None = ts_recent_stamp
+        self._ts_offered = False  # our SYN (or the SYN we answer) carried the option
+        self._passive = False
+        self._unsent = bytearray()
+        self._fin_queued = False
+        self._fin_sent = False
+        self._rtx: list[_Sent] = []
+        self._rcv_buf = bytearray()
+        self._rto = rto_initial
+        self._retransmits = 0
+        self._rto_at: int | None = None
+        self._fw2_at: int | None = None  # keepalive timer of an orphaned FIN_WAIT_2 (ref 2.2)
+        self._recovery: int | None = None  # snd_nxt when the last RTO fired
+        self._last_oow_ack: int | None = None
+        self._out: list[Segment] = []
+        self._events: deque[Event] = deque()
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.name or self.tuple} {self.state}>"
+
+    # -- opening ----------------------------------------------------------------------------
+
+    def connect(self, now: int) -> None:
+        """Active open: CLOSED -> SYN_SENT and queue a SYN (RFC 9293 §3.10.1; tcp_connect())."""
+        self._transition(Input.APP_CONNECT, now)
+        self.counters[C.ACTIVE_OPENS] += 1
+        # K tcp_output.c tcp_syn_options(): TS offered iff net.ipv4.tcp_timestamps != 0.
+        self._ts_offered = self.config.timestamps_enabled
+        self._transmit(_Sent(seq=self.iss, syn=True), now)
+
+    @classmethod
+    def accept_syn(
+        cls,
+        syn: Segment,
+        *,
+        config: KernelConfig,
+        profile: Profile,
+        iss: int,
+        ts_offset: int,
+        now: int,
+        mss: int = 1460,
+        rcv_wnd: int = 65535,
+    ) -> Connection:
+        """Passive open from a listener: a connection in SYN_RECEIVED with its SYN-ACK queued.
+
+        TS are used iff the SYN carried them and tcp_timestamps != 0 (K tcp_input.c
+        tcp_conn_request(), tcp_openreq_init()). Linux keeps this as a request socket; the model
+        uses a full Connection (PassiveOpens counts when it becomes ESTABLISHED, like
+        tcp_create_openreq_child()).
+        """
+        if not syn.syn or syn.has_ack or syn.rst:
+            raise ModelError(f"accept_syn() needs a bare SYN, got {syn}")
+        conn = cls(
+            tuple=syn.receiver_tuple,
+            config=config,
+            profile=profile,
+            iss=iss,
+            ts_offset=ts_offset,
+            mss=mss,
+            rcv_wnd=rcv_wnd,
+        )
+        conn.state = S.LISTEN  # born from the listener; the next line records the passive open
+        conn._passive = True
+        conn.irs = syn.seq
+        conn.rcv_nxt = seq_add(syn.seq, 1)
+        conn.snd_wnd = syn.window
+        if syn.tsval is not None and config.timestamps_enabled:
+            conn._ts_offered = True
+            conn.ts_enabled = True
+            conn._store_ts_recent(syn.tsval, now)
+        conn._transition(Input.RCV_SYN, now)
+        conn._transmit(_Sent(seq=iss, syn=True), now)
+        return conn
+
+    # -- application calls ------------------------------------------------------------------
+
+    def send(self, data: bytes, now: int) -> None:
+        """Queue application bytes; they leave in segments of at most `mss` as the window allows.
+
+        Raises IllegalTransition after close()/shutdown_write() or before connect() (EPIPE /
+        ENOTCONN in the kernel).
+        """
+        if self.orphaned or self._fin_queued:
+            raise IllegalTransition(self.state, Input.APP_SEND)
+        self._transition(Input.APP_SEND, now)
+        self._unsent += data
+        self._push(now)
+
+    def read(self) -> bytes:
+        """Drain the bytes delivered in order so far (recv())."""
+        data = bytes(self._rcv_buf)
+        self._rcv_buf.clear()
+        return data
+
+    def close(self, now: int) -> None:
+        """Application close() (K tcp.c __tcp_close()).
+
+        Order of the kernel's tests: unread received data -> RST (TCPAbortOnClose, ref 8 Lab
+        E8b); else SO_LINGER {1,0} -> tcp_disconnect() (RST, TCPAbortOnData); else the normal
+        FIN (tcp_close_state()). The socket becomes an orphan; an orphan that is (or later gets)
+        to FIN_WAIT_2 waits tcp_fin_time() at most (ref 2.2).
+        """
+        if self.pending_minisock is not None:
+            self.orphaned = True  # the minisocket already replaced us; release only
+            return
+        was_orphan, self.orphaned = self.orphaned, True
+        unread = len(self._rcv_buf)
+        self._rcv_buf.clear()
+        if self.state is S.CLOSED or was_orphan:
+            if self.state is S.CLOSED:
+                self._transition(Input.APP_CLOSE, now)
+            return
+        if unread:
+            # "Unread data was tossed, zap the connection": RST from any state, no TIME_WAIT.
+            self.counters[C.ABORT_ON_CLOSE] += 1
+            self._send_active_rst(now)
+            self._transition(Input.APP_ABORT, now)
+            self._finish()
+            return
+        if self.linger_zero:
+            # "Check zero linger _after_ checking for unread data."
+            self.counters[C.ABORT_ON_DATA] += 1
+            self._disconnect(now)
+            return
+        self._half_close(now)
+        if self.state is S.FIN_WAIT_2:
+            # Closed after shutdown(SHUT_WR) already reached FIN_WAIT_2 (__tcp_close()).
+            if self.linger2 is not None and self.linger2 < 0:
+                self.counters[C.ABORT_ON_LINGER] += 1
+                self._send_active_rst(now)
+                self._transition(Input.ORPHAN_ABORT, now)
+                self._finish()
+            else:
+                self._orphan_fin_wait_2(now)
+
+    def shutdown_write(self, now: int) -> None:
+        """shutdown(SHUT_WR): send FIN but keep the socket; FIN_WAIT_2 then has no timeout."""
+        self._half_close(now)
+
+    def abort(self, now: int) -> None:
+        """tcp_disconnect(): RST in the tcp_need_reset() states, straight to CLOSED (ref 8)."""
+        if self.state is S.CLOSED or self.pending_minisock is not None:
+            return
+        self._disconnect(now)
+
+    # -- driving ----------------------------------------------------------------------------
+
+    def receive(self, seg: Segment, now: int) -> None:
+        """Process one arriving segment addressed to this connection."""
+        if self.state in (S.CLOSED, S.LISTEN) or self.pending_minisock is not None:
+            raise IllegalTransition(self.state, f"segment {seg} for a closed/handed-off socket")
+        self.counters[C.IN_SEGS] += 1
+        if self.state is S.SYN_SENT:
+            self._rcv_syn_sent(seg, now)
+        elif self.state is S.SYN_RECEIVED and self._rcv_syn_received(seg, now):
+            pass
+        else:
+            self._rcv_synchronized(seg, now)
+
+    def segments_to_send(self, now: int) -> list[Segment]:
+        """Drain the output queue (TSvals were taken when each segment was queued)."""
+        out, self._out = self._out, []
+        self.counters[C.OUT_SEGS] += len(out)
+        return out
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    def next_deadline(self) -> int | None:
+        """Absolute time on_timer() has something to do, or None."""
+        if self.state is S.CLOSED or self.pending_minisock is not None:
+            return None
+        times = [t for t in (self._rto_at, self._fw2_at) if t is not None]
+        return min(times) if times else None
+
+    def on_timer(self, now: int) -> None:
+        """Run whatever timer is due at `now`; calling early does nothing."""
+        if self.state is S.CLOSED or self.pending_minisock is not None:
+            return
+        if self._rto_at is not None and now >= self._rto_at:
+            self._on_rto(now)
+        if self._fw2_at is not None and now >= self._fw2_at:
+            self._on_fin_wait2_timer(now)
+
+    # -- state ------------------------------------------------------------------------------
+
+    def _transition(self, inp: Input, now: int) -> None:
+        self._set_state(lookup(self.state, inp), now)
+
+    def _set_state(self, new: TcpState, now: int) -> None:
+        old = self.state
+        if new is old:
+            return
+        self.history.append((now, old, new))
+        self.state = new
+        if new is S.CLOSED:
+            # K tcp.c tcp_set_state(): EstabResets counts every ESTABLISHED/CLOSE_WAIT -> CLOSE;
+            # K tcp_input.c tcp_done(): AttemptFails for SYN_SENT/SYN_RECV -> CLOSE.
+            if old in (S.ESTABLISHED, S.CLOSE_WAIT):
+                self.counters[C.ESTAB_RESETS] += 1
+            elif old in (S.SYN_SENT, S.SYN_RECEIVED):
+                self.counters[C.ATTEMPT_FAILS] += 1
+
+    def _finish(self) -> None:
+        """CLOSED: drop everything, stop timers, tell the application."""
+        self._rto_at = self._fw2_at = None
+        self._rtx.clear()
+        self._unsent.clear()
+        self._events.append(Closed())
+
+    def _hand_off(self, substate: TcpState, timeout: int) -> None:
+        """Linux tcp_time_wait(): a minisocket replaces this socket (ref 1.2)."""
+        if substate is S.TIME_WAIT:
+            # tcp_time_wait(): "if (state == TCP_TIME_WAIT) timeo = TCP_TIMEWAIT_LEN"; the
+            # rfc9293 profile waits 2*MSL instead (profile.time_wait_len).
+            timeout = self.profile.time_wait_len
+        else:
+            # tcp_time_wait(): "if (timeo < rto) timeo = rto" with rto = 3.5 * icsk_rto.
+            timeout = max(timeout, self._rto35())
+        self.pending_minisock = (substate, timeout)
+        self._rto_at = self._fw2_at = None
+        self._rtx.clear()
+
+    def _half_close(self, now: int) -> None:
+        """RFC CLOSE call: K tcp.c tcp_close_state() + tcp_send_fin()."""
+        if self.pending_minisock is not None:
+            return
+        old = self.state
+        self._transition(Input.APP_CLOSE, now)
+        if self.state is S.CLOSED:  # SYN_SENT: just forget the connection, nothing is sent
+            self._finish()
+            return
+        if old in (S.ESTABLISHED, S.SYN_RECEIVED, S.CLOSE_WAIT):
+            self._fin_queued = True
+            self._push(now)
+
+    def _disconnect(self, now: int) -> None:
+        """K tcp.c tcp_disconnect(): RST only where tcp_need_reset(); discard everything."""
+        if self.state in _NEED_RESET:
+            self._send_active_rst(now)
+        self._rcv_buf.clear()
+        self._transition(Input.APP_ABORT, now)
+        self._finish()
+
+    def _abort_orphan(self, seg: Segment, now: int) -> None:
+        """Data after close() (RFC 9293 §3.6.1 SHLD-3) or TCP_LINGER2 < 0: reply RST, CLOSED."""
+        self.counters[C.ABORT_ON_DATA] += 1
+        self._reply_rst(seg)
+        self._transition(Input.ORPHAN_ABORT, now)
+        self._finish()
+
+    # -- timers -----------------------------------------------------------------------------
+
+    def _retry_limit(self) -> int:
+        if self.state is S.SYN_SENT:
+            return self.config.tcp_syn_retries
+        if self.state is S.SYN_RECEIVED:
+            return TCP_SYNACK_RETRIES
+        return TCP_ORPHAN_RETRIES if self.orphaned else TCP_RETRIES2
+
+    def _on_rto(self, now: int) -> None:
+        """K tcp_timer.c tcp_retransmit_timer(): give up, or resend the head and back off."""
+        self._rto_at = None
+        if not self._rtx:
+            return
+        if self._retransmits >= self._retry_limit():
+            # tcp_write_timeout() -> tcp_write_err(): ETIMEDOUT, no RST is sent.
+            self.counters[C.ABORT_ON_TIMEOUT] += 1
+            self._events.append(ConnectionTimedOut())
+            self._transition(Input.TIMEOUT, now)
+            self._finish()
+            return
+        self._retransmit(self._rtx[0], now)
+        self._retransmits += 1
+        self._rto = min(self._rto * 2, TCP_RTO_MAX)  # icsk_rto <<= 1, capped
+        self._rto_at = now + self._rto
+        self._recovery = self.snd_nxt
+
+    def _rto35(self) -> int:
+        """(icsk_rto << 2) - (icsk_rto >> 1): the 3.5 x RTO floor of tcp_fin_time()."""
+        return (self._rto << 2) - (self._rto >> 1)
+
+    def fin_time(self) -> int:
+        """K include/net/tcp.h tcp_fin_time(): TCP_LINGER2 or tcp_fin_timeout, >= 3.5 x RTO."""
+        l2 = self.linger2
+        base = min(l2, TCP_FIN_TIMEOUT_MAX) if l2 else self.config.tcp_fin_timeout * SEC
+        return max(base, self._rto35())
+
+    def _orphan_fin_wait_2(self, now: int) -> None:
+        """An orphan in FIN_WAIT_2: minisocket for tmo <= 60 s, else keepalive timer (ref 2.2)."""
+        tmo = self.fin_time()
+        if tmo > TCP_TIMEWAIT_LEN:
+            self._fw2_at = now + tmo - TCP_TIMEWAIT_LEN
+        else:
+            self._hand_off(S.FIN_WAIT_2, tmo)
+
+    def _on_fin_wait2_timer(self, now: int) -> None:
+        """K tcp_timer.c tcp_keepalive_timer(), FIN_WAIT2 branch (ref 2.2, Lab E15)."""
+        self._fw2_at = None
+        if self.state is not S.FIN_WAIT_2 or not self.orphaned:
+            return
+        if self.linger2 is None or self.linger2 >= 0:
+            tmo = self.fin_time() - TCP_TIMEWAIT_LEN
+            if tmo > 0:
+                self._hand_off(S.FIN_WAIT_2, tmo)
+                return
+        self._send_active_rst(now)
+        self._transition(Input.ORPHAN_ABORT, now)
+        self._finish()
+
+    # -- output -----------------------------------------------------------------------------
+
+    def _segment(self, now: int, *, seq: int, flags: Flags, payload: bytes = b"") -> Segment:
+        t = self.tuple
+        with_ts = self.ts_enabled or (bool(flags & Flags.SYN) and self._ts_offered)
+        return Segment(
+            src=t.laddr,
+            sport=t.lport,
+            dst=t.raddr,
+            dport=t.rport,
+            seq=seq,
+            ack=self.rcv_nxt if flags & Flags.ACK else 0,
+            flags=flags,
+            window=self.rcv_wnd,
+            payload=payload,
+            # RFC 7323 §3.2; K tcp_output.c tcp_syn_options()/tcp_established_options():
+            # TSecr echoes ts_recent (0 before anything was received, also on a plain SYN).
+            tsval=tsval(now, self.ts_offset) if with_ts else None,
+            tsecr=(self.ts_recent or 0) if with_ts else None,
+        )
+
+    def _emit(self, seg: Segment) -> None:
+        if seg.has_ack and not seg.rst:
+            # A later segment carries the same or newer acknowledgement: the pending pure ACK is
+            # redundant (what a delayed ACK achieves in Linux).
+            self._out = [s for s in self._out if not _is_pure_ack(s)]
+        self._out.append(seg)
+
+    def _send_ack(self, now: int) -> None:
+        self._emit(self._segment(now, seq=self.snd_nxt, flags=Flags.ACK))
+
+    def _oow_ack(self, seg: Segment, now: int, skipped: str, *, always_limit: bool = False) -> bool:
+        """Duplicate/challenge ACK under K tcp_input.c tcp_oow_rate_limited().
+
+        One per tcp_invalid_ratelimit per socket; segments with data or FIN bypass the limit
+        (unless `always_limit`, as tcp_send_challenge_ack() does). Returns True if sent.
+        """
+        limited = always_limit or seg.seg_len == 0 or seg.syn
+        if limited:
+            last = self._last_oow_ack
+            if last is not None and 0 <= now - last < self.config.invalid_ratelimit_ns:
+                self.counters[skipped] += 1
+                return False
+            self._last_oow_ack = now
+        self._send_ack(now)
+        return True
+
+    def _challenge_ack(self, seg: Segment, now: int, *, syn: bool = False) -> None:
+        """RFC 5961 §3.2/§4 challenge ACK (K tcp_input.c tcp_send_challenge_ack())."""
+        if syn:
+            self.counters[C.SYN_CHALLENGE] += 1
+        if self._oow_ack(seg, now, C.ACK_SKIPPED_CHALLENGE, always_limit=True):
+            self.counters[C.CHALLENGE_ACK] += 1
+
+    def _send_active_rst(self, now: int) -> None:
+        """K tcp_output.c tcp_send_active_reset(): RST|ACK at snd_nxt, with our TS options."""
+        self._emit(self._segment(now, seq=self.snd_nxt, flags=Flags.RST | Flags.ACK))
+        self.counters[C.OUT_RSTS] += 1
+
+    def _reply_rst(self, seg: Segment) -> None:
+        """K tcp_ipv4.c tcp_v4_send_reset() answering `seg` (never answers an RST, no TS)."""
+        if seg.rst:
+            return
+        t = self.tuple
+        if seg.has_ack:
+            seq, ack, flags = seg.ack, 0, Flags.RST
+        else:
+            seq, ack, flags = 0, seq_add(seg.seq, seg.seg_len), Flags.RST | Flags.ACK
+        self._emit(
+            Segment(
+                src=t.laddr,
+                sport=t.lport,
+                dst=t.raddr,
+                dport=t.rport,
+                seq=seq,
+                ack=ack,
+                flags=flags,
+                window=0,
+            )
+        )
+        self.counters[C.OUT_RSTS] += 1
+
+    def _transmit(self, item: _Sent, now: int) -> None:
+        """Send new sequence space and keep it for retransmission."""
+        self._rtx.append(item)
+        self.snd_nxt = item.end
+        self._emit(self._build(item, now))
+        if self._rto_at is None:
+            self._rto_at = now + self._rto
+
+    def _retransmit(self, item: _Sent, now: int) -> None:
+        self.counters[C.RETRANS_SEGS] += 1
+        self._emit(self._build(item, now))
+
+    def _build(self, item: _Sent, now: int) -> Segment:
+        if item.syn:
+            # SYN from SYN_SENT; SYN-ACK once the peer's SYN is known (accept / simultaneous open).
+            flags = Flags.SYN | (Flags.ACK if self.irs is not None else Flags.NONE)
+        else:
+            flags = Flags.ACK | (Flags.FIN if item.fin else Flags.NONE)
+        return self._segment(now, seq=item.seq, flags=flags, payload=item.payload)
+
+    def _push(self, now: int) -> None:
+        """Send queued data within the peer's window, then the FIN (K tcp_write_xmit())."""
+        if self.state not in _CAN_TRANSMIT or self.pending_minisock is not None:
+            return
+        while self._unsent:
+            room = self.snd_wnd - seq_diff(self.snd_nxt, self.snd_una)
+            n = min(self.mss, len(self._unsent), room)
+            if n <= 0:
+                break  # no persist timer in the model: the peer's window never shrinks here
+            chunk = bytes(self._unsent[:n])
+            del self._unsent[:n]
+            fin = self._fin_queued and not self._unsent  # FIN rides on the last data segment
+            self._transmit(_Sent(seq=self.snd_nxt, payload=chunk, fin=fin), now)
+            self._fin_sent = self._fin_sent or fin
+        if self._fin_queued and not self._fin_sent and not self._unsent:
+            # K tcp_output.c tcp_send_fin(): a bare FIN is forced out even into a closed window.
+            self._transmit(_Sent(seq=self.snd_nxt, fin=True), now)
+            self._fin_sent = True
+
+    # -- input ------------------------------------------------------------------------------
+
+    def _store_ts_recent(self, value: int, now: int) -> None:
+        self.ts_recent = value
+        self.ts_recent_stamp = now
+
+    def _paws_reject(self, seg: Segment, now: int) -> bool:
+        """RFC 7323 §5.3; K include/net/tcp.h tcp_paws_check() with TCP_PAWS_WINDOW."""
+        assert seg.tsval is not None
+        if not self.ts_recent:  # "if (!rx_opt->ts_recent) return true": nothing to compare with
+            return False
+        if seq_diff(self.ts_recent, seg.tsval) <= TCP_PAWS_WINDOW:
+            return False
+        stamp = self.ts_recent_stamp
+        return not (stamp is not None and now - stamp >= TCP_PAWS_WRAP)  # RFC 7323 §5.5
+
+    def _update_ts_recent(self, seg: Segment, now: int) -> None:
+        """RFC 7323 §4.3 (SEG.SEQ <= Last.ACK.sent); K tcp_input.c tcp_replace_ts_recent().
+
+        The model ACKs at once, so Last.ACK.sent (Linux rcv_wup) is rcv_nxt.
+        """
+        if not self.ts_enabled or seg.tsval is None or seq_gt(seg.seq, self.rcv_nxt):
+            return
+        if not self.ts_recent or seq_diff(self.ts_recent, seg.tsval) <= 0:
+            self._store_ts_recent(seg.tsval, now)
+
+    def _on_new_ack(self, ack: int, now: int) -> None:
+        """K tcp_input.c tcp_ack(): clean the retransmit queue, reset backoff, re-arm the RTO."""
+        self.snd_una = ack
+        while self._rtx and seq_le(self._rtx[0].end, ack):
+            self._rtx.pop(0)
+        if self._rtx and seq_gt(ack, self._rtx[0].seq):  # partly acknowledged segment
+            head = self._rtx[0]
+            cut = seq_diff(ack, head.seq) - int(head.syn)
+            self._rtx[0] = _Sent(seq=ack, payload=head.payload[cut:], fin=head.fin)
+        self._retransmits = 0
+        self._rto = self.rto_initial
+        self._rto_at = now + self._rto if self._rtx else None
+        if self._recovery is not None:
+            if self._rtx and seq_lt(ack, self._recovery):
+                # Still recovering from an RTO: resend the next hole at once (like NewReno).
+                self._retransmit(self._rtx[0], now)
+            else:
+                self._recovery = None
+
+    def _rcv_syn_sent(self, seg: Segment, now: int) -> None:
+        """RFC 9293 §3.10.7.3; K tcp_input.c tcp_rcv_synsent_state_process()."""
+        if seg.has_ack:
+            if not (seq_gt(seg.ack, self.snd_una) and seq_le(seg.ack, self.snd_nxt)):
+                # Unacceptable ACK (e.g. a TIME_WAIT's challenge ACK, ref 1.6): RST with
+                # SEQ = SEG.ACK, and if the SYN was not retransmitted yet, resend it after
+                # TCP_TIMEOUT_MIN ("Previous FIN/ACK or RST/ACK might be ignored").
+                if self._retransmits == 0:
+                    self._rto_at = now + TCP_TIMEOUT_MIN
+                self._reply_rst(seg)
+                return
+            if seg.rst:
+                self._transition(Input.RCV_RST, now)
+                self._events.append(ConnectionRefused())
+                self._finish()
+                return
+            if not seg.syn:
+                return
+            self.irs = seg.seq
+            self.rcv_nxt = seq_add(seg.seq, 1)
+            self.snd_wnd = seg.window
+            if self._ts_offered and seg.tsval is not None:
+                self.ts_enabled = True
+                self._store_ts_recent(seg.tsval, now)  # tcp_store_ts_recent()
+            self._on_new_ack(seg.ack, now)
+            self._transition(Input.RCV_SYN_ACK, now)
+            self._events.append(Connected())
+            self._send_ack(now)
+            self._push(now)
+            return
+        if seg.rst:  # an RST without ACK cannot be for our SYN: drop
+            return
+        if seg.syn:
+            # Simultaneous open (RFC 9293 §3.5 Fig. 8): SYN_RECEIVED, answer SYN-ACK.
+            self.irs = seg.seq
+            self.rcv_nxt = seq_add(seg.seq, 1)
+            self.snd_wnd = seg.window
+            if self._ts_offered and seg.tsval is not None:
+                self.ts_enabled = True
+                self._store_ts_recent(seg.tsval, now)
+            self._transition(Input.RCV_SYN, now)
+            self._emit(self._segment(now, seq=self.iss, flags=Flags.SYN | Flags.ACK))
+
+    def _rcv_syn_received(self, seg: Segment, now: int) -> bool:
+        """Request-socket checks (K tcp_minisocks.c tcp_check_req()).
+
+        Returns True when the segment was fully handled; False after the handshake completed
+        and the rest of the segment (data, FIN) must be processed as in ESTABLISHED.
+        """
+        assert self.irs is not None
+        if seg.syn and not seg.rst and seg.seq == self.irs:
+            if not seg.has_ack:
+                # Retransmitted SYN: resend the SYN-ACK (inet_rtx_syn_ack(), rate-limited).
+                limited = self._last_oow_ack is not None and (
+                    0 <= now - self._last_oow_ack < self.config.invalid_ratelimit_ns
+                )
+                if not limited and self._rtx:
+                    self._last_oow_ack = now
+                    self._retransmit(self._rtx[0], now)
+                return True
+            if seg.ack == self.snd_nxt:
+                # Simultaneous open: the peer's SYN-ACK acknowledges our SYN
+                # (K tcp_validate_incoming() "goto pass" for this exact case).
+                self._complete_handshake(seg, now)
+                return True
+        in_window = seg.seq == self.rcv_nxt or seq_in_window(seg.seq, self.rcv_nxt, self.rcv_wnd)
+        if not in_window:
+            if not seg.rst:
+                self._oow_ack(seg, now, C.ACK_SKIPPED_SEQ)
+            return True
+        if seg.rst or seg.syn:
+            # tcp_check_req(): RST or SYN in window -> "embryonic_reset" (RST for a SYN).
+            self._reply_rst(seg)
+            self._transition(Input.RCV_RST, now)
+            self._finish()
+            return True
+        if not seg.has_ack:
+            return True
+        if seg.ack != self.snd_nxt:
+            # Bad ACK: tcp_check_req() hands it to the listener, which answers RST.
+            self._reply_rst(seg)
+            return True
+        self._complete_handshake(seg, now)
+        return False
+
+    def _complete_handshake(self, seg: Segment, now: int) -> None:
+        self._update_ts_recent(seg, now)
+        self._on_new_ack(seg.ack, now)
+        self.snd_wnd = seg.window
+        self._transition(Input.RCV_ACK_OF_SYN, now)
+        if self._passive:
+            self.counters[C.PASSIVE_OPENS] += 1
+        self._events.append(Connected())
+        self._push(now)
+
+    def _rcv_synchronized(self, seg: Segment, now: int) -> None:
+        """RFC 9293 §3.10.7.4 for ESTABLISHED .. LAST_ACK (K tcp_rcv_state_process())."""
+        # 1. PAWS (RFC 7323 §5.3). "Reset is accepted even if it did not pass PAWS."
+        if (
+            self.ts_enabled
+            and seg.tsval is not None
+            and not seg.rst
+            and self._paws_reject(seg, now)
+        ):
+            if seg.syn:
+                self._challenge_ack(seg, now, syn=True)
+                return
+            self.counters[C.PAWS_ESTAB] += 1
+            self._oow_ack(seg, now, C.ACK_SKIPPED_PAWS)
+            return
+        # 2. Sequence number acceptability (K tcp_sequence()).
+        end = seq_add(seg.seq, seg.seg_len)
+        if seg.rst:
+            # RFC 5961 §3.2: exact match resets, in-window gets a challenge ACK, rest dropped.
+            exact = seg.seq == self.rcv_nxt or (
+                self.state in _FIN_RECEIVED and seg.seq == seq_add(self.rcv_nxt, -1)
+            )
+            if exact:
+                self._transition(Input.RCV_RST, now)
+                self._events.append(ConnectionReset())
+                self._finish()
+            elif seq_in_window(seg.seq, self.rcv_nxt, self.rcv_wnd):
+                self._challenge_ack(seg, now)
+            return
+        if seq_lt(end, self.rcv_nxt) or seq_gt(seg.seq, seq_add(self.rcv_nxt, self.rcv_wnd)):
+            if seg.syn:
+                self._challenge_ack(seg, now, syn=True)
+            else:
+                self._oow_ack(seg, now, C.ACK_SKIPPED_SEQ)
+            return
+        # 4. SYN in a synchronized state: RFC 5961 §4 challenge ACK (RFC 9293 §3.10.7.4 fourth).
+        if seg.syn:
+            self._challenge_ack(seg, now, syn=True)
+            return
+        # 5. The ACK field. No ACK: drop (RFC 9293 §3.10.7.4 fifth, "if the ACK bit is off").
+        if not seg.has_ack:
+            return
+        if seq_gt(seg.ack, self.snd_nxt):
+            self._challenge_ack(seg, now)  # K tcp_ack(): ACK of data we never sent
+            return
+        self._update_ts_recent(seg, now)
+        if seq_gt(seg.ack, self.snd_una):
+            self._on_new_ack(seg.ack, now)
+        if not seq_lt(seg.ack, self.snd_una):
+            self.snd_wnd = seg.window
+        fin_acked = self._fin_sent and self.snd_una == self.snd_nxt
+        in_order = seq_le(seg.seq, self.rcv_nxt)
+        skip = seq_diff(self.rcv_nxt, seg.seq) if in_order else 0
+        data = seg.payload[skip:] if in_order else b""
+        fin_new = seg.fin and in_order and seq_gt(end, self.rcv_nxt)
+        # Payload or FIN beyond rcv_nxt (K: after(end_seq - th->fin, rcv_nxt)).
+        beyond = seg.seg_len != 0 and seq_gt(seq_add(end, -int(seg.fin)), self.rcv_nxt)
+
+        st = self.state
+        if st is S.FIN_WAIT_1 and fin_acked:
+            if fin_new and not (self.orphaned and beyond) and not self._linger2_negative():
+                # FIN+ACK of our FIN: straight to TIME_WAIT (RFC 9293 Fig. 5 note 2, ref 1.1).
+                self._accept_text(data, now)
+                self.rcv_nxt = seq_add(self.rcv_nxt, 1)
+                self._events.append(PeerClosed())
+                self._transition(Input.RCV_FIN_ACK_OF_FIN, now)
+                self._send_ack(now)
+                self._hand_off(S.TIME_WAIT, 0)
+                return
+            self._transition(Input.RCV_ACK_OF_FIN, now)
+            if self.orphaned:
+                # K tcp_rcv_state_process() case TCP_FIN_WAIT1, dead socket.
+                if self._linger2_negative() or beyond:
+                    self._abort_orphan(seg, now)
+                    return
+                self._orphan_fin_wait_2(now)
+                if self.pending_minisock is not None:
+                    return
+        elif st is S.CLOSING and fin_acked:
+            self._transition(Input.RCV_ACK_OF_FIN, now)
+            self._hand_off(S.TIME_WAIT, 0)
+            return
+        elif st is S.LAST_ACK and fin_acked:
+            self._transition(Input.RCV_ACK_OF_FIN, now)
+            self._finish()
+            return
+
+        # 7. Segment text (RFC 9293 §3.10.7.4 seventh/eighth).
+        st = self.state
+        if seg.seg_len == 0:
+            self._push(now)
+            return
+        if st in _FIN_RECEIVED:
+            # After the peer's FIN nothing new can come; a retransmission is re-ACKed.
+            if seq_lt(seg.seq, self.rcv_nxt):
+                self._send_ack(now)
+            return
+        if self.orphaned and beyond:
+            # RFC 9293 §3.6.1 SHLD-3 / RFC 1122: data after close() -> RST (TCPAbortOnData).
+            self._abort_orphan(seg, now)
+            return
+        if not in_order:
+            self._send_ack(now)  # out of order: dropped (no reassembly), duplicate ACK
+            return
+        if not data and not fin_new:
+            self._send_ack(now)  # old duplicate: "force an immediate ACK" (tcp_data_queue())
+            return
+        self._accept_text(data, now)
+        if fin_new:
+            # K tcp_input.c tcp_fin().
+            self.rcv_nxt = seq_add(self.rcv_nxt, 1)
+            self._events.append(PeerClosed())
+            if st is S.ESTABLISHED:
+                self._transition(Input.RCV_FIN, now)
+            elif st is S.FIN_WAIT_1:
+                self._transition(Input.RCV_FIN, now)  # simultaneous close -> CLOSING
+            elif st is S.FIN_WAIT_2:
+                self._transition(Input.RCV_FIN, now)
+                self._send_ack(now)
+                self._hand_off(S.TIME_WAIT, 0)
+                return
+        self._send_ack(now)
+        self._push(now)
+
+    def _accept_text(self, data: bytes, now: int) -> None:
+        if data:
+            self.rcv_nxt = seq_add(self.rcv_nxt, len(data))
+            self._rcv_buf += data
+            self._events.append(DataReceived(data=data))
+
+    def _linger2_negative(self) -> bool:
+        return self.orphaned and self.linger2 is not None and self.linger2 < 0
