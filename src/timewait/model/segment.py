@@ -72,8 +72,10 @@ class Segment:
     @property
     def seg_len(self) -> int:
         """Sequence space consumed: payload bytes, plus one for SYN and one for FIN."""
-        return len(self.payload) + (1 if self.flags & Flags.SYN else 0) + (
-            1 if self.flags & Flags.FIN else 0
+        return (
+            len(self.payload)
+            + (1 if self.flags & Flags.SYN else 0)
+            + (1 if self.flags & Flags.FIN else 0)
         )
 
     @property
