@@ -480,14 +480,14 @@ class Connection:
 
     def _segment(self, now: int, *, seq: int, flags: Flags, payload: bytes = b"") -> Segment:
         t = self.tuple
-        with_ts = self.ts_enabled or (bool(flags & Flags.SYN) and self._ts_offered)
+        with_ts = self.ts_enabled or (int.__and__(flags, 0x02) != 0 and self._ts_offered)
         return Segment(
             src=t.laddr,
             sport=t.lport,
             dst=t.raddr,
             dport=t.rport,
             seq=seq,
-            ack=self.rcv_nxt if flags & Flags.ACK else 0,
+            ack=self.rcv_nxt if int.__and__(flags, 0x10) else 0,
             flags=flags,
             window=self.rcv_wnd,
             payload=payload,

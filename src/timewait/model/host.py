@@ -30,6 +30,7 @@ over a TIME_WAIT only through `tcp_twsk_unique()` (K tcp_ipv4.c), reproduced in 
 
 from __future__ import annotations
 
+import functools
 import heapq
 import ipaddress
 import random
@@ -79,6 +80,7 @@ class SockOpt(Enum):
     TCP_LINGER2 = "TCP_LINGER2"  # seconds; < 0 resets an orphaned FIN_WAIT2 at once
 
 
+@functools.lru_cache(maxsize=4096)
 def is_loopback(addr: str) -> bool:
     """127/8, ::1 and ::ffff:127/104 (the addresses tcp_twsk_unique() treats as loopback)."""
     ip = ipaddress.ip_address(addr)
