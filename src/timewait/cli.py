@@ -11,11 +11,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import click
+from rich.console import Console
 
 from timewait import __version__
 from timewait.config import PROFILES, KernelConfig, get_profile
 from timewait.env import Environment
 from timewait.errors import TimewaitError
+from timewait.snapshot import Snapshot
 from timewait.status import ExitStatus
 
 
@@ -43,6 +45,28 @@ class Ctx:
 
     def __init__(self, env: Environment) -> None:
         self.env = env
+        self.exit_status = ExitStatus.OK  # a command's verdict (doctor: 0/1/2)
+
+    def print_rich(self, renderable: Any) -> None:
+        """Print a rich renderable; off a terminal, without colour or trailing padding."""
+        console = self.console()
+        if self.env.stdout_isatty:
+            console.print(renderable)
+            return
+        with console.capture() as cap:
+            console.print(renderable)
+        self.env.stdout.write("\n".join(ln.rstrip() for ln in cap.get().splitlines()) + "\n")
+
+    def console(self) -> Console:
+        """A rich console on env.stdout: colour only on a terminal, 100 columns otherwise."""
+        tty = bool(self.env.stdout_isatty)
+        return Console(
+            file=self.env.stdout,
+            force_terminal=tty,
+            no_color=not tty,
+            width=None if tty else 100,
+            highlight=False,
+        )
 
     def echo(self, text: str = "") -> None:
         self.env.stdout.write(text + "\n")
@@ -174,6 +198,258 @@ def demo(
     obj.echo(f"resets on the wire: {s['resets']}")
 
 
+# -- doctor, snapshot, top: live namespaces, saved files -------------------------------------
+
+
+class LiveUnavailable(TimewaitError):
+    """The live collector (timewait.live) cannot be used here."""
+
+
+def capture_live(netns: str | None, pid: int | None, source: str = "auto") -> Snapshot:
+    """One live Snapshot (imported lazily: the collector does I/O and needs Linux)."""
+    try:
+        from timewait.live.capture import capture
+    except ImportError as e:  # pragma: no cover - depends on the build
+        raise LiveUnavailable(
+            f"live capture is not available ({e}): analyze a saved file with --from FILE"
+        ) from None
+    return capture(netns=netns, pid=pid, source=source)
+
+
+def load_snapshots(files: Sequence[str]) -> tuple[Snapshot, Snapshot | None]:
+    """--from FILE [--from FILE2]: (current, previous); the later capture is the current one."""
+    snaps = [Snapshot.load(f) for f in files]
+    if len(snaps) == 1:
+        return snaps[0], None
+    older, newer = sorted(snaps, key=lambda s: (s.monotonic_ns, s.time_ns))
+    if newer.monotonic_ns <= older.monotonic_ns:
+        raise click.BadParameter(
+            "the two --from files were taken at the same instant (or by different sources): "
+            "give two captures of one namespace taken some seconds apart",
+            param_hint="--from",
+        )
+    return newer, older
+
+
+netns_option = click.option(
+    "--netns",
+    metavar="NAME|PATH",
+    help="Look inside another network namespace: a name from `ip netns list` or a file "
+    "such as /proc/PID/ns/net (needs root).",
+)
+pid_option = click.option(
+    "--pid",
+    type=click.IntRange(min=1),
+    help="Look inside the network namespace of process PID, e.g. a container (needs root).",
+)
+source_option = click.option(
+    "--source",
+    type=click.Choice(["auto", "sock_diag", "proc"]),
+    default="auto",
+    show_default=True,
+    help="Socket table source: sock_diag netlink, /proc/net/tcp{,6}, or sock_diag falling back.",
+)
+
+
+def _check_targets(from_files: Sequence[str], netns: str | None, pid: int | None) -> None:
+    if from_files and (netns or pid):
+        raise click.UsageError(
+            "--from reads a saved capture: it cannot be combined with --netns/--pid"
+        )
+    if netns and pid:
+        raise click.UsageError("give either --netns or --pid, not both")
+
+
+@cli.command("doctor")
+@netns_option
+@pid_option
+@click.option(
+    "--from",
+    "from_files",
+    multiple=True,
+    metavar="FILE",
+    type=click.Path(dir_okay=True),
+    help="Analyze a saved capture (`timewait snapshot -o FILE`) instead of this host; give it "
+    "twice (two captures of one namespace) for rates over the interval between them.",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.1, max=60.0),
+    metavar="S",
+    help="Take two live snapshots S seconds apart (0.1-60): churn from the TcpExt TW counter, "
+    "the trend and time to exhaustion from the change in ports in use.",
+)
+@click.option(
+    "--top",
+    type=click.IntRange(min=0),
+    default=10,
+    show_default=True,
+    metavar="N",
+    help="Destinations to list (0 = all).",
+)
+@source_option
+@json_option
+@click.pass_obj
+def doctor(
+    obj: Ctx,
+    netns: str | None,
+    pid: int | None,
+    from_files: tuple[str, ...],
+    interval: float | None,
+    top: int,
+    source: str,
+    as_json: bool,
+) -> None:
+    """Diagnose TIME_WAIT and ephemeral-port exhaustion: this host, a namespace or a capture.
+
+    Counts every socket by state (TIME_WAIT apart from FIN_WAIT2 minisockets, server side apart
+    from client side), computes per destination (source IP, destination IP, destination port)
+    the ports in use against the ports connect() can use, churn and time to exhaustion, and
+    checks the kernel settings. Findings come with remedies correct for the captured kernel.
+
+    Exit status: 0 healthy, 1 warnings, 2 critical (3 when it cannot run).
+    """
+    from timewait.doctor import diagnose, to_json
+
+    _check_targets(from_files, netns, pid)
+    if len(from_files) > 2:
+        raise click.UsageError("--from takes at most two files (an earlier and a later capture)")
+    if from_files and interval is not None:
+        raise click.UsageError(
+            "--interval takes two live snapshots; with saved captures give --from twice"
+        )
+    if from_files:
+        current, previous = load_snapshots(from_files)
+    else:
+        previous = None
+        if interval is not None:
+            import time
+
+            previous = capture_live(netns, pid, source)
+            time.sleep(interval)
+        current = capture_live(netns, pid, source)
+    diagnosis = diagnose(current, previous)
+    n_top = None if top == 0 else top
+    if as_json:
+        obj.emit_json(to_json(diagnosis, top=n_top))
+    else:
+        from timewait.render.report import render_report
+
+        shown = n_top or diagnosis.analysis.n_destinations
+        obj.print_rich(render_report(diagnosis, top=shown))
+    obj.exit_status = diagnosis.exit_status
+
+
+@cli.command("snapshot")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    metavar="FILE",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Where to write the capture (.npz); analyze it anywhere with `timewait doctor --from`.",
+)
+@netns_option
+@pid_option
+@source_option
+@json_option
+@click.pass_obj
+def snapshot_cmd(
+    obj: Ctx, output: str, netns: str | None, pid: int | None, source: str, as_json: bool
+) -> None:
+    """Save what `doctor` would analyze (sockets, settings, counters) to a file."""
+    _check_targets((), netns, pid)
+    snap = capture_live(netns, pid, source)
+    try:
+        snap.save(output)
+    except OSError as e:
+        raise SnapshotWriteError(f"cannot write {output}: {e.strerror}: check the path") from None
+    info = {
+        "file": output,
+        "rows": len(snap),
+        "namespace": snap.namespace,
+        "source": snap.source,
+        "kernel": snap.kernel,
+    }
+    if as_json:
+        obj.emit_json(info)
+    else:
+        obj.echo(
+            f"saved {len(snap):,} sockets of {snap.namespace} ({snap.source}, kernel "
+            f"{snap.kernel}) to {output}"
+        )
+
+
+class SnapshotWriteError(TimewaitError):
+    """The snapshot file could not be written."""
+
+
+@cli.command("top")
+@netns_option
+@pid_option
+@click.option(
+    "--from",
+    "from_files",
+    multiple=True,
+    metavar="FILE",
+    type=click.Path(dir_okay=True),
+    help="Replay saved captures (cycled, one per refresh) instead of this host.",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.1, max=60.0),
+    default=1.0,
+    show_default=True,
+    metavar="S",
+    help="Seconds between refreshes.",
+)
+@click.option(
+    "--top",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    metavar="N",
+    help="Destinations to show.",
+)
+@source_option
+@click.pass_obj
+def top_cmd(
+    obj: Ctx,
+    netns: str | None,
+    pid: int | None,
+    from_files: tuple[str, ...],
+    interval: float,
+    top: int,
+    source: str,
+) -> None:
+    """A live view: TIME_WAIT and churn sparklines, top destinations by port usage, time to
+    exhaustion. Refreshes every second; q or Ctrl-C quits and restores the terminal.
+
+    When stdout is not a terminal (a pipe, a file), prints one frame and exits.
+    """
+    from timewait.render.top import TopState, render_frame, run_top
+
+    _check_targets(from_files, netns, pid)
+    if from_files:
+        snaps = [Snapshot.load(f) for f in from_files]
+        counter = iter(range(1 << 62))
+
+        def source_fn() -> Snapshot:
+            return snaps[next(counter) % len(snaps)]
+    else:
+
+        def source_fn() -> Snapshot:
+            return capture_live(netns, pid, source)
+
+    console = obj.console()
+    if not obj.env.stdout_isatty:
+        state = TopState()
+        state.update(source_fn())
+        obj.print_rich(render_frame(state, width=console.width, top=top))
+        return
+    run_top(source_fn, console, interval=interval, top=top)
+
+
 def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> int:
     """Run the CLI; returns the exit status instead of raising SystemExit."""
     env = env or Environment()
@@ -182,7 +458,8 @@ def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> i
     try:
         # click writes --help and --version to sys.stdout; point it at env's streams.
         with contextlib.redirect_stdout(env.stdout), contextlib.redirect_stderr(env.stderr):
-            cli.main(args=args, prog_name="timewait", standalone_mode=False, obj=Ctx(env))
+            obj = Ctx(env)
+            cli.main(args=args, prog_name="timewait", standalone_mode=False, obj=obj)
     except click.exceptions.Exit as e:
         return int(e.exit_code)
     except click.UsageError as e:
@@ -209,4 +486,4 @@ def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> i
         return ExitStatus.ERROR
     except BrokenPipeError:
         return ExitStatus.OK
-    return ExitStatus.OK
+    return obj.exit_status

@@ -1,0 +1,149 @@
+"""The `timewait doctor --json` document (schema "timewait-doctor/1").
+
+Stable keys; numbers are plain JSON numbers, absent values are null. Version bumps on any
+breaking change.
+
+    schema            "timewait-doctor/1"
+    status            "healthy" | "warning" | "critical"   (exit status 0 | 1 | 2)
+    exit_status       0 | 1 | 2
+    snapshot          {namespace, source, kernel, hostname, time_ns, rows, notes[]}
+    interval_s        seconds between the two snapshots, or null for one snapshot
+    config            every modelled sysctl as the kernel prints it (KernelConfig.to_sysctl())
+    totals            {sockets, time_wait, time_wait_server, time_wait_client,
+                       fin_wait2 (minisockets: orphans), fin_wait2_full, established, listen,
+                       bound_inactive, minisockets, sockstat_tw (kernel count or null),
+                       by_state {STATE-NAME: count}}
+    ports             {range [lo, hi], range_size, reserved, listener_ports [..],
+                       bound_ports (count), capacity (usable ports per destination)}
+    churn_per_s       host: TIME_WAITs created per second
+    churn_method      "littles_law" (TIME_WAIT / 60 s) | "tw_counter" (TcpExt TW delta /
+                      interval) | "tw_timers" (TIME_WAITs younger than the interval / interval)
+    trend_method      "tw_timers" (one snapshot) | "interval" (in_use delta / interval)
+    timer_histogram   {bucket_s: 10, counts: [6 ints]}: TIME_WAITs by time left, [0,10) s first
+    memory_bytes      {minisockets, full_sockets, file_objects, total}
+    destinations      top N client-side destinations by usage (--top), each
+                      {src, dst, dport, family ("ipv4"|"ipv6"), time_wait, established,
+                       fin_wait2, syn_sent, other, in_use, capacity, usage (0..1),
+                       churn_per_s, trend_per_s (ports/s or null), eta_s (seconds or null)}
+    destinations_total  how many destinations exist in all
+    findings          most severe first, each {id, severity ("ok"|"info"|"warning"|"critical"),
+                      title, detail, evidence {..}, remedies [{id, title, changes, risk,
+                      commands [..], code, requires}]}
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Final
+
+from timewait.doctor.analysis import HIST_BUCKET_MS, Destination
+from timewait.doctor.remedies import Remedy
+from timewait.doctor.rules import Finding
+
+if TYPE_CHECKING:
+    from timewait.doctor import Diagnosis
+
+SCHEMA: Final = "timewait-doctor/1"
+
+
+def _round(x: float | None, nd: int = 3) -> float | None:
+    return None if x is None else round(x, nd)
+
+
+def destination_json(d: Destination) -> dict[str, Any]:
+    return {
+        "src": d.src,
+        "dst": d.dst,
+        "dport": d.dport,
+        "family": "ipv6" if ":" in d.dst else "ipv4",
+        "time_wait": d.time_wait,
+        "established": d.established,
+        "fin_wait2": d.fin_wait2,
+        "syn_sent": d.syn_sent,
+        "other": d.other,
+        "in_use": d.in_use,
+        "capacity": d.capacity,
+        "usage": round(d.usage, 6),
+        "churn_per_s": _round(d.churn_per_s),
+        "trend_per_s": _round(d.trend_per_s),
+        "eta_s": _round(d.eta_s, 1),
+    }
+
+
+def remedy_json(r: Remedy) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "title": r.title,
+        "changes": r.changes,
+        "risk": r.risk,
+        "commands": list(r.commands),
+        "code": r.code,
+        "requires": r.requires,
+    }
+
+
+def finding_json(f: Finding) -> dict[str, Any]:
+    return {
+        "id": f.id,
+        "severity": f.severity.label,
+        "title": f.title,
+        "detail": f.detail,
+        "evidence": dict(f.evidence),
+        "remedies": [remedy_json(r) for r in f.remedies],
+    }
+
+
+def to_json(diagnosis: Diagnosis, *, top: int | None = 10) -> dict[str, Any]:
+    """The --json document; `top` limits destinations (None = all)."""
+    snap, a = diagnosis.snapshot, diagnosis.analysis
+    t, p, m = a.totals, a.ports, a.memory
+    return {
+        "schema": SCHEMA,
+        "status": diagnosis.status,
+        "exit_status": int(diagnosis.exit_status),
+        "snapshot": {
+            "namespace": snap.namespace,
+            "source": snap.source,
+            "kernel": snap.kernel,
+            "hostname": snap.hostname,
+            "time_ns": snap.time_ns,
+            "rows": len(snap),
+            "notes": list(snap.notes),
+        },
+        "interval_s": a.interval_s,
+        "config": snap.config.to_sysctl(),
+        "totals": {
+            "sockets": t.sockets,
+            "time_wait": t.time_wait,
+            "time_wait_server": t.time_wait_server,
+            "time_wait_client": t.time_wait_client,
+            "fin_wait2": t.fin_wait2,
+            "fin_wait2_full": t.fin_wait2_full,
+            "established": t.established,
+            "listen": t.listen,
+            "bound_inactive": t.bound_inactive,
+            "minisockets": t.minisockets,
+            "sockstat_tw": t.sockstat_tw,
+            "by_state": dict(t.by_state),
+        },
+        "ports": {
+            "range": list(p.port_range),
+            "range_size": p.range_size,
+            "reserved": p.reserved,
+            "listener_ports": list(p.listener_ports),
+            "bound_ports": len(p.bound_ports),
+            "capacity": p.capacity,
+        },
+        "churn_per_s": round(a.churn_per_s, 3),
+        "churn_method": a.churn_method,
+        "trend_method": a.trend_method,
+        "timer_histogram": {"bucket_s": HIST_BUCKET_MS // 1000, "counts": list(a.timer_histogram)},
+        "memory_bytes": {
+            "minisockets": m.minisockets,
+            "full_sockets": m.full_sockets,
+            "file_objects": m.file_objects,
+            "total": m.total,
+        },
+        "destinations": [destination_json(d) for d in a.destinations(top)],
+        "destinations_total": a.n_destinations,
+        "findings": [finding_json(f) for f in diagnosis.findings],
+    }

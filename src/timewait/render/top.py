@@ -1,0 +1,205 @@
+"""`timewait top`: a live view of TIME_WAIT, churn and per-destination port usage.
+
+The frame is a pure function of a `TopState` (history of diagnoses), so it is tested without a
+terminal; `run_top` is the loop: take a snapshot every `interval` seconds, diagnose it against the
+previous one (rates from the counter delta), redraw with rich.live on the alternate screen, and
+read keys in cbreak mode. `q` or Ctrl-C leaves; the terminal settings are restored in `finally`
+whatever happens. When stdout is not a terminal the CLI prints one frame instead (see cli.top).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from timewait.doctor import Diagnosis, Severity, diagnose
+from timewait.render.report import SEVERITY_STYLE, STATUS_STYLE, bar, human_seconds
+from timewait.snapshot import Snapshot
+
+SPARK = "▁▂▃▄▅▆▇█"
+HISTORY = 120  # points kept for the sparklines (two minutes at 1 s)
+
+
+def sparkline(values: list[float], width: int) -> str:
+    """The last `width` values as block characters scaled to their maximum."""
+    vals = values[-width:]
+    if not vals:
+        return ""
+    top = max(vals)
+    if top <= 0:
+        return SPARK[0] * len(vals)
+    return "".join(SPARK[min(int(v / top * (len(SPARK) - 1) + 0.5), len(SPARK) - 1)] for v in vals)
+
+
+@dataclass
+class TopState:
+    """What the view remembers between frames."""
+
+    history_tw: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY))
+    history_churn: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY))
+    last: Diagnosis | None = None
+    previous: Snapshot | None = None
+    frames: int = 0
+
+    def update(self, snap: Snapshot) -> Diagnosis:
+        """Diagnose `snap` (against the previous snapshot when it is older) and record it."""
+        prev = self.previous
+        older = prev is not None and snap.monotonic_ns > prev.monotonic_ns
+        d = diagnose(snap, prev if older else None)
+        self.history_tw.append(float(d.analysis.totals.time_wait))
+        self.history_churn.append(d.analysis.churn_per_s)
+        self.last, self.previous = d, snap
+        self.frames += 1
+        return d
+
+
+def render_frame(state: TopState, *, width: int = 100, top: int = 10) -> RenderableType:
+    d = state.last
+    if d is None:
+        return Text("waiting for the first snapshot...")
+    a, snap = d.analysis, d.snapshot
+    spark_w = max(10, min(HISTORY, width - 40))
+    head = Text("timewait top  ", style="bold")
+    head.append(d.status.upper(), style=STATUS_STYLE[d.status])
+    head.append(f"   {snap.namespace} · {snap.source} · kernel {snap.kernel or '?'}", style="dim")
+    head.append("   q quits", style="dim")
+
+    g = Table.grid(padding=(0, 2))
+    g.add_column(style="bold")
+    g.add_column(justify="right")
+    g.add_column()
+    g.add_row(
+        "TIME_WAIT",
+        f"{a.totals.time_wait:,}",
+        Text(sparkline(list(state.history_tw), spark_w), style="blue"),
+    )
+    g.add_row(
+        "churn/s",
+        f"{a.churn_per_s:,.1f}",
+        Text(sparkline(list(state.history_churn), spark_w), style="magenta"),
+    )
+    g.add_row(
+        "ports/dest",
+        f"{a.ports.capacity:,}",
+        Text(
+            f"{a.totals.time_wait_client:,} client TW · {a.totals.time_wait_server:,} server TW · "
+            f"{a.totals.fin_wait2:,} FIN_WAIT2 · {a.totals.established:,} ESTAB",
+            style="dim",
+        ),
+    )
+
+    tab = Table(show_edge=False, title_justify="left", expand=False)
+    tab.add_column("destination", no_wrap=True)
+    tab.add_column("TW", justify="right")
+    tab.add_column("in use", justify="right")
+    tab.add_column("usage")
+    tab.add_column("churn/s", justify="right")
+    tab.add_column("full in", justify="right")
+    for dest in a.destinations(top):
+        tab.add_row(
+            dest.label,
+            f"{dest.time_wait:,}",
+            f"{dest.in_use:,}",
+            Text.assemble(bar(dest.usage, 16 if width >= 110 else 8), f" {dest.usage:4.0%}"),
+            f"{dest.churn_per_s:,.1f}",
+            human_seconds(dest.eta_s),
+        )
+    if not a.n_destinations:
+        tab.add_row("(no client-side connections)", "", "", "", "", "")
+
+    notes = Text()
+    for f in d.findings:
+        if f.severity >= Severity.INFO and f.id != "collector-notes":
+            notes.append(f"[{f.severity.label}] ", style=SEVERITY_STYLE[f.severity])
+            notes.append(f.title + "\n")
+    return Group(head, Text(), g, Text(), tab, Text(), notes)
+
+
+# -- the loop (terminal I/O) -----------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def cbreak(stream: TextIO) -> Iterator[bool]:
+    """Put a terminal in cbreak mode (keys arrive unbuffered, Ctrl-C still works) and restore
+    the saved settings on exit, whatever happens. Yields False when it is not a terminal."""
+    try:
+        fd = stream.fileno()
+        is_tty = stream.isatty()
+    except (AttributeError, OSError, ValueError):
+        yield False
+        return
+    if not is_tty:
+        yield False
+        return
+    import termios
+    import tty
+
+    saved = termios.tcgetattr(fd)
+    try:
+        tty.setcbreak(fd)
+        yield True
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+def wait_for_key(stream: TextIO, timeout: float) -> str | None:
+    """A key pressed within `timeout` seconds, or None."""
+    ready, _, _ = select.select([stream], [], [], max(timeout, 0.0))
+    if not ready:
+        return None
+    ch = stream.read(1)
+    return ch if ch else "q"  # EOF on stdin: leave
+
+
+def run_top(
+    source: Callable[[], Snapshot],
+    console: Console,
+    *,
+    interval: float = 1.0,
+    top: int = 10,
+    keys: TextIO | None = None,
+    max_frames: int | None = None,
+) -> int:
+    """Refresh every `interval` s until q, Ctrl-C or `max_frames`; returns frames drawn."""
+    keys = keys or sys.stdin
+    state = TopState()
+    with cbreak(keys) as interactive:
+        try:
+            state.update(source())
+            with Live(
+                render_frame(state, width=console.width, top=top),
+                console=console,
+                screen=True,
+                auto_refresh=False,
+                transient=True,
+            ) as live:
+                live.refresh()
+                while max_frames is None or state.frames < max_frames:
+                    deadline = time.monotonic() + interval
+                    quit_ = False
+                    while (left := deadline - time.monotonic()) > 0:
+                        if not interactive:
+                            time.sleep(left)
+                            break
+                        key = wait_for_key(keys, left)
+                        if key in ("q", "Q"):
+                            quit_ = True
+                            break
+                    if quit_:
+                        break
+                    state.update(source())
+                    live.update(render_frame(state, width=console.width, top=top), refresh=True)
+        except KeyboardInterrupt:
+            pass  # Ctrl-C is the other documented way out; Live and cbreak restore the terminal
+    return state.frames
