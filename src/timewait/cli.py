@@ -450,6 +450,16 @@ def top_cmd(
     run_top(source_fn, console, interval=interval, top=top)
 
 
+def _register_groups() -> None:
+    """Command groups that live in their own modules (they import their heavy parts lazily)."""
+    from timewait.sim.command import sim_group
+
+    cli.add_command(sim_group, "sim")
+
+
+_register_groups()
+
+
 def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> int:
     """Run the CLI; returns the exit status instead of raising SystemExit."""
     env = env or Environment()

@@ -1,0 +1,328 @@
+"""Flow-level simulation: connect() success and TIME_WAIT at connection granularity.
+
+Theory of operation
+-------------------
+The packet-level model (timewait.model.Host driven by the engine) spends ~10 segment events per
+connection and runs a few thousand connections per second of wall time. The questions about port
+exhaustion need a million connections, and they only depend on *how many* four-tuples are held
+toward each destination and *for how long*, not on the segments. So this module models one client
+network namespace at connection granularity:
+
+* A connection to destination d holds one of d's usable local ports from connect() until it
+  ends: until its TIME_WAIT expires when the client closes first, or until the close completes
+  when the server closes first (the passive closer never enters TIME_WAIT, ref 1.1).
+* connect() toward d succeeds iff some local port gives a free four-tuple (ref 7.3): a port with
+  nothing toward d (`in_use[d] < usable`), or a TIME_WAIT that `tcp_twsk_unique()` lets connect()
+  take over (ref 3). `__inet_hash_connect()` scans every candidate of the range (both parity
+  passes, ref 7.2) and fails with EADDRNOTAVAIL only when none qualifies, so success/failure does
+  not depend on the scan order; the flow model takes a free port first and otherwise the *oldest*
+  TIME_WAIT, which is the most reusable one (all were created with the same rule, so if the
+  oldest fails the `tcp_tw_reuse_delay` test every younger one fails it too).
+* Every TIME_WAIT lasts exactly TCP_TIMEWAIT_LEN = 60 s (include/net/tcp.h; nothing restarts it
+  here because no segment reaches it), so insertion order is expiry order: TIME_WAITs live in a
+  FIFO deque, not a heap (simulators-and-tests.md 4.2, technique 2). Connections all last the same
+  `lifetime`, so open connections are a FIFO too. A takeover removes the oldest TIME_WAIT of one
+  destination: the per-destination deque pops it and the shared expiry deque skips it lazily.
+* `tcp_max_tw_buckets` (ref 5, `inet_twsk_alloc()`): when the namespace already holds that many
+  minisockets the wait is skipped, TCPTimeWaitOverflow counts it and the port is free at once.
+
+Events at the same instant run in this order: TIME_WAIT expiries, connection ends, then
+connect() attempts, so a port freed at t can be used by a connect() at t (the packet model's
+timers also fire before the application acts at the same time).
+
+Time is integer ns; randomness (Poisson arrivals only) comes from the Random passed in, so the same
+inputs give the same result. Deviation, by design: under tcp_tw_reuse the kernel's scan start is
+re-salted every 10 s (ref 7.2 step 3) and it takes over a reusable TIME_WAIT even when free ports
+remain, so a real host holds fewer TIME_WAITs than this model's count (lab: ~18.9 k at 14.4 k
+conn/s, ref 6); successes, failures and sustainable rates are unaffected (see the second bullet).
+The cross-check against the packet model is tests/sim/test_flow.py.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Final
+
+from timewait.config import TCP_TIMEWAIT_LEN, KernelConfig
+from timewait.errors import TimewaitError
+from timewait.model import counters as C
+from timewait.model.counters import Counters
+from timewait.units import MS, SEC
+
+ARRIVALS: Final = ("fixed", "poisson")
+_NEVER: Final = 1 << 62
+
+
+class InvalidWorkload(TimewaitError):
+    """A flow workload that has no meaning (negative rate, zero destinations, ...)."""
+
+
+def usable_ports(config: KernelConfig, bind_held: int = 0) -> int:
+    """Local ports one destination can use: the scanned range minus reserved and bind-held ports.
+
+    `__inet_hash_connect()` scans `remaining = high + 1 - low` candidates, rounded down to even
+    when no per-socket range is set (K inet_hashtables.c; model/ports.py connect_port), so an
+    odd-sized range loses one port per scan; reserved ports are skipped
+    (`inet_is_local_reserved_port()`) and ports held by bind()/listen() users are never shared
+    (ref 7.1-7.3).
+    """
+    lo, hi = config.ip_local_port_range
+    n = hi - lo + 1
+    if n > 1:
+        n &= ~1
+    reserved = sum(1 for p in config.ip_local_reserved_ports if lo <= p <= hi)
+    return max(0, n - reserved - bind_held)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FlowWorkload:
+    """What the client does. Times are int ns."""
+
+    rate: float  # new connections offered per second, over all destinations (0: none)
+    duration: int  # connect() attempts happen at times in [0, duration)
+    # connect() -> the active closer enters TIME_WAIT (client closes first), or -> the client's
+    # port is released (server closes first): request time plus about one round trip.
+    lifetime: int = 10 * MS
+    destinations: int = 1  # (dst ip, dst port) pairs, used round robin; x source addresses
+    client_closes_first: bool = True
+    loopback: bool = False  # destination on loopback: tcp_tw_reuse=2 applies (ref 3)
+    peer_timestamps: bool = True  # the peer answers with timestamps (tw_ts_recent_stamp != 0)
+    arrivals: str = "fixed"  # "fixed": evenly spaced; "poisson": exponential gaps from the rng
+    open_at_start: int = 0  # connections opened at t=0 (a pool), before the arrivals
+    sample_every: int = SEC  # time-series resolution
+    bind_held_ports: int = 0  # ports of the range held by bind()/listen() users
+
+    def __post_init__(self) -> None:
+        if not self.rate >= 0:
+            raise InvalidWorkload(f"rate={self.rate}: must be >= 0 connections per second")
+        if self.duration <= 0:
+            raise InvalidWorkload(f"duration={self.duration} ns: must be > 0")
+        if self.lifetime < 0:
+            raise InvalidWorkload(f"lifetime={self.lifetime} ns: must be >= 0")
+        if self.destinations < 1:
+            raise InvalidWorkload(f"destinations={self.destinations}: must be >= 1")
+        if self.arrivals not in ARRIVALS:
+            raise InvalidWorkload(f"arrivals={self.arrivals!r}: choose {' or '.join(ARRIVALS)}")
+        if self.open_at_start < 0 or self.bind_held_ports < 0:
+            raise InvalidWorkload("open_at_start and bind_held_ports must be >= 0")
+        if self.sample_every <= 0:
+            raise InvalidWorkload(f"sample_every={self.sample_every} ns: must be > 0")
+
+
+@dataclass
+class FlowResult:
+    """What happened. Series are sampled every `sample_every`, at t = 0, 1, 2 ... samples."""
+
+    usable_ports: int  # per destination
+    attempts: int = 0
+    connections: int = 0  # successful connect() calls
+    failures: int = 0  # EADDRNOTAVAIL
+    first_failure: int | None = None  # ns
+    counters: Counters = field(default_factory=Counters)
+    times: list[float] = field(default_factory=list)  # s
+    time_wait: list[int] = field(default_factory=list)  # client TIME_WAITs (all destinations)
+    ports_in_use: list[int] = field(default_factory=list)  # four-tuples held: open + TIME_WAIT
+    established: list[int] = field(default_factory=list)  # open connections
+    server_time_wait: list[int] = field(default_factory=list)  # server TIME_WAITs
+    failures_per_s: list[float] = field(default_factory=list)
+    connections_per_s: list[float] = field(default_factory=list)
+    # Successful connect()s per second over the last usable x destinations successes: in
+    # steady state that is one full rotation of every port (FIFO), so no aliasing with the
+    # burst pattern of a saturated range; below capacity it is the offered rate.
+    recent_rate: float = 0.0
+
+    def mean_time_wait(self, last_s: float) -> float:
+        """Mean sampled TIME_WAIT count over the last `last_s` seconds (a steady-state level)."""
+        k = max(1, min(len(self.time_wait), round(last_s / self._step_s())))
+        return sum(self.time_wait[-k:]) / k
+
+    def _step_s(self) -> float:
+        return self.times[1] - self.times[0] if len(self.times) > 1 else 1.0
+
+    def series(self) -> dict[str, tuple[Sequence[float], Sequence[float]]]:
+        """{metric: (times_s, values)} for ScenarioResult.series / --plot."""
+        out: dict[str, tuple[Sequence[float], Sequence[float]]] = {
+            "time_wait": (self.times, [float(v) for v in self.time_wait]),
+            "ports_in_use": (self.times, [float(v) for v in self.ports_in_use]),
+            "failures_per_s": (self.times, self.failures_per_s),
+        }
+        if any(self.server_time_wait):
+            out["server_time_wait"] = (self.times, [float(v) for v in self.server_time_wait])
+        return out
+
+
+def arrival_times(workload: FlowWorkload, rng: random.Random) -> Callable[[], int]:
+    """A generator-free source of arrival times (ns); returns _NEVER after the last one."""
+    if workload.rate == 0:
+        return lambda: _NEVER
+    if workload.arrivals == "fixed":
+        # t_i = i / rate exactly, in integer ns: rate as a fraction, so 1e6 arrivals never drift.
+        frac = Fraction(workload.rate).limit_denominator(1_000_000)
+        num, den = frac.numerator, frac.denominator * SEC
+        state = [0]
+
+        def fixed() -> int:
+            i = state[0]
+            state[0] = i + 1
+            return i * den // num
+
+        return fixed
+    rate = workload.rate
+    clock = [0]
+
+    def poisson() -> int:
+        t = clock[0]
+        clock[0] = t + max(1, round(rng.expovariate(rate) * SEC))
+        return t
+
+    return poisson
+
+
+def simulate(
+    config: KernelConfig,
+    workload: FlowWorkload,
+    *,
+    rng: random.Random,
+    time_wait_len: int = TCP_TIMEWAIT_LEN,
+    outcomes: list[tuple[int, bool]] | None = None,
+) -> FlowResult:
+    """Run the workload on one client namespace; see the module docstring for the rules.
+
+    Deterministic: the same config, workload and rng state give the same FlowResult. If
+    `outcomes` is a list, (time, succeeded) is appended for every connect() attempt.
+    """
+    w = workload
+    usable = usable_ports(config, w.bind_held_ports)
+    n_dest = w.destinations
+    res = FlowResult(usable_ports=usable)
+
+    # tcp_twsk_unique() conditions that do not depend on the minisocket's age (ref 3):
+    # reuse 1, or 2 on loopback; tw_ts_recent_stamp != 0 needs timestamps both ways.
+    reuse = config.tcp_tw_reuse == 1 or (config.tcp_tw_reuse == 2 and w.loopback)
+    reuse = reuse and config.timestamps_enabled and w.peer_timestamps
+    delay_ms = config.tcp_tw_reuse_delay
+    max_tw = config.tcp_max_tw_buckets
+    client_first = w.client_closes_first
+    lifetime = w.lifetime
+
+    in_use = [0] * n_dest
+    # TIME_WAIT entries are mutable [expiry_ns, dest]; dest = -1 marks one taken over.
+    tw_dest: list[deque[list[int]]] = [deque() for _ in range(n_dest)]
+    tw_all: deque[list[int]] = deque()
+    active: deque[tuple[int, int]] = deque()  # (end_ns, dest)
+    server_tw: deque[int] = deque()  # expiry times of the server's TIME_WAITs
+    tw_total = 0
+    n_tw = n_recycled = n_overflow = 0
+    attempts = ok = failures = 0
+    first_failure: int | None = None
+
+    recent: deque[int] = deque(maxlen=usable * n_dest + 1)
+    step = w.sample_every
+    next_sample = 0
+    fails_at_last = 0
+    ok_at_last = 0
+    step_s = step / SEC
+    times, tw_series, use_series = res.times, res.time_wait, res.ports_in_use
+    est_series, stw_series = res.established, res.server_time_wait
+    fps, cps = res.failures_per_s, res.connections_per_s
+
+    def advance(t: int) -> None:
+        """Apply every TIME_WAIT expiry and connection end at or before t, in time order."""
+        nonlocal tw_total, n_tw, n_overflow
+        while True:
+            e = tw_all[0][0] if tw_all else _NEVER
+            a = active[0][0] if active else _NEVER
+            if e <= a and e <= t:
+                entry = tw_all.popleft()
+                d = entry[1]
+                if d >= 0:  # tw_timer_handler() -> inet_twsk_kill(): the port is free again
+                    tw_dest[d].popleft()
+                    in_use[d] -= 1
+                    tw_total -= 1
+            elif a <= t:
+                end, d = active.popleft()
+                if not client_first:
+                    in_use[d] -= 1  # passive closer: LAST_ACK -> CLOSED, no TIME_WAIT (ref 1.1)
+                    server_tw.append(end + time_wait_len)
+                elif tw_total >= max_tw:  # tw_overflow(): inet_twsk_alloc() returned NULL
+                    n_overflow += 1
+                    in_use[d] -= 1
+                else:  # tcp_time_wait(): the four-tuple stays held for TCP_TIMEWAIT_LEN
+                    entry = [end + time_wait_len, d]
+                    tw_all.append(entry)
+                    tw_dest[d].append(entry)
+                    tw_total += 1
+                    n_tw += 1
+            else:
+                return
+
+    def sample_until(t: int) -> None:
+        nonlocal next_sample, fails_at_last, ok_at_last
+        while next_sample <= t:
+            advance(next_sample)
+            while server_tw and server_tw[0] <= next_sample:
+                server_tw.popleft()
+            times.append(next_sample / SEC)
+            tw_series.append(tw_total)
+            use_series.append(sum(in_use))
+            est_series.append(len(active))
+            stw_series.append(len(server_tw))
+            fps.append((failures - fails_at_last) / step_s if next_sample else 0.0)
+            cps.append((ok - ok_at_last) / step_s if next_sample else 0.0)
+            fails_at_last, ok_at_last = failures, ok
+            next_sample += step
+
+    def connect(t: int, d: int) -> None:
+        nonlocal attempts, ok, failures, first_failure, tw_total, n_recycled
+        attempts += 1
+        if in_use[d] < usable:
+            in_use[d] += 1
+        elif reuse and tw_dest[d] and t // MS > (tw_dest[d][0][0] - time_wait_len) // MS + delay_ms:
+            # __inet_check_established() -> tcp_twsk_unique(): now_ms > entry_stamp + delay
+            # (strict, ms); the minisocket is killed and its port goes to the new connection.
+            entry = tw_dest[d].popleft()
+            entry[1] = -1
+            tw_total -= 1
+            n_recycled += 1
+        else:  # __inet_hash_connect(): both parity passes found nothing -> EADDRNOTAVAIL
+            failures += 1
+            if first_failure is None:
+                first_failure = t
+            if outcomes is not None:
+                outcomes.append((t, False))
+            return
+        ok += 1
+        if outcomes is not None:
+            outcomes.append((t, True))
+        recent.append(t)
+        active.append((t + lifetime, d))
+
+    duration = w.duration
+    for i in range(w.open_at_start):
+        connect(0, i % n_dest)
+    next_arrival = arrival_times(w, rng)
+    i = w.open_at_start
+    t = next_arrival()
+    # The hot loop: one iteration per connect() attempt (bench/bench_sim_flow.py measures it).
+    while t < duration:
+        if next_sample <= t:
+            sample_until(t)
+        advance(t)
+        connect(t, i % n_dest)
+        i += 1
+        t = next_arrival()
+    sample_until(duration)
+
+    if len(recent) > 1 and recent[-1] > recent[0]:
+        res.recent_rate = (len(recent) - 1) * SEC / (recent[-1] - recent[0])
+    res.attempts, res.connections, res.failures = attempts, ok, failures
+    res.first_failure = first_failure
+    res.counters[C.ACTIVE_OPENS] = ok
+    res.counters[C.TW] = n_tw
+    res.counters[C.TW_RECYCLED] = n_recycled
+    res.counters[C.TIME_WAIT_OVERFLOW] = n_overflow
+    return res
