@@ -306,13 +306,27 @@ def test_passive_close_never_enters_time_wait() -> None:
     c = conn_in(S.ESTABLISHED)
     send(c, from_peer(c, flags=F.FIN | F.ACK))
     assert states(c)[-1] == (S.ESTABLISHED, S.CLOSE_WAIT) and events(c) == [PeerClosed]
-    expect_sent(c, [to_peer(c, ack=R + 2)])
+    c.on_timer(40 * MS)  # the delayed ACK of the FIN (tcp_fin() pingpong mode)
+    expect_sent(c, [to_peer(c, ack=R + 2)], t=40 * MS)
     c.close(1 * SEC)
     assert states(c)[-1] == (S.CLOSE_WAIT, S.LAST_ACK)
     expect_sent(c, [to_peer(c, seq=L + 1, flags=F.FIN | F.ACK)])
     send(c, from_peer(c, ack=L + 2), t=2 * SEC)
     assert c.state is S.CLOSED and c.pending_minisock is None and events(c) == [Closed]
     assert S.TIME_WAIT not in {new for _, new in states(c)}
+
+
+def test_ack_of_fin_in_established_is_delayed_40ms() -> None:
+    """K tcp_input.c tcp_fin(): CLOSE_WAIT enters pingpong mode, so the FIN's ACK waits for
+    the delayed-ACK timer (TCP_DELACK_MIN = HZ/25 = 40 ms) instead of going out at once."""
+    c = conn_in(S.ESTABLISHED)
+    send(c, from_peer(c, flags=F.FIN | F.ACK))
+    expect_sent(c, [])
+    assert c.next_deadline() == 40 * MS
+    c.on_timer(39 * MS)
+    expect_sent(c, [], t=39 * MS)
+    c.on_timer(40 * MS)
+    expect_sent(c, [to_peer(c, ack=R + 2)], t=40 * MS)
 
 
 def test_fin_answered_by_close_piggybacks_the_ack() -> None:

@@ -67,6 +67,8 @@ TCP_TIMEOUT_INIT: Final = 1 * SEC
 TCP_RTO_MAX: Final = 120 * SEC
 # include/net/tcp.h: TCP_TIMEOUT_MIN (2U) jiffies = 8 ms at CONFIG_HZ=250 (the lab machine, ref 0).
 TCP_TIMEOUT_MIN: Final = 8 * MS
+# include/net/tcp.h TCP_DELACK_MIN (HZ/25): the shortest delayed-ACK wait.
+TCP_DELACK_MIN: Final = 40 * MS
 # include/net/tcp.h: TCP_SYNACK_RETRIES 5 (sysctl tcp_synack_retries, not in KernelConfig).
 TCP_SYNACK_RETRIES: Final = 5
 # Documentation/networking/ip-sysctl.rst tcp_retries2 default 15. Linux turns it into a time
@@ -178,6 +180,7 @@ class Connection:
         self._retransmits = 0
         self._rto_at: int | None = None
         self._fw2_at: int | None = None  # keepalive timer of an orphaned FIN_WAIT_2 (ref 2.2)
+        self._delack_at: int | None = None  # delayed ACK owed for the peer's FIN
         self._recovery: int | None = None  # snd_nxt when the last RTO fired
         self._last_oow_ack: int | None = None
         self._out: list[Segment] = []
@@ -338,7 +341,7 @@ class Connection:
         """Absolute time on_timer() has something to do, or None."""
         if self.state is S.CLOSED or self.pending_minisock is not None:
             return None
-        times = [t for t in (self._rto_at, self._fw2_at) if t is not None]
+        times = [t for t in (self._rto_at, self._fw2_at, self._delack_at) if t is not None]
         return min(times) if times else None
 
     def on_timer(self, now: int) -> None:
@@ -349,6 +352,9 @@ class Connection:
             self._on_rto(now)
         if self._fw2_at is not None and now >= self._fw2_at:
             self._on_fin_wait2_timer(now)
+        if self._delack_at is not None and now >= self._delack_at:
+            self._delack_at = None
+            self._send_ack(now)
 
     # -- state ------------------------------------------------------------------------------
 
@@ -371,7 +377,7 @@ class Connection:
 
     def _finish(self) -> None:
         """CLOSED: drop everything, stop timers, tell the application."""
-        self._rto_at = self._fw2_at = None
+        self._rto_at = self._fw2_at = self._delack_at = None
         self._rtx.clear()
         self._unsent.clear()
         self._events.append(Closed())
@@ -386,7 +392,7 @@ class Connection:
             # tcp_time_wait(): "if (timeo < rto) timeo = rto" with rto = 3.5 * icsk_rto.
             timeout = max(timeout, self._rto35())
         self.pending_minisock = (substate, timeout)
-        self._rto_at = self._fw2_at = None
+        self._rto_at = self._fw2_at = self._delack_at = None
         self._rtx.clear()
 
     def _half_close(self, now: int) -> None:
@@ -498,6 +504,8 @@ class Connection:
         )
 
     def _emit(self, seg: Segment) -> None:
+        if seg.has_ack:
+            self._delack_at = None  # whatever carries the ACK settles a delayed one
         if seg.has_ack and not seg.rst:
             # A later segment carries the same or newer acknowledgement: the pending pure ACK is
             # redundant (what a delayed ACK achieves in Linux).
@@ -851,6 +859,13 @@ class Connection:
             self._events.append(PeerClosed())
             if st is S.ESTABLISHED:
                 self._transition(Input.RCV_FIN, now)
+                # K tcp_input.c tcp_fin(): CLOSE_WAIT enters pingpong mode, so the ACK of the FIN
+                # is delayed (__tcp_ack_snd_check() -> tcp_send_delayed_ack()); an application
+                # that closes in time sends FIN|ACK instead, and the active closer goes from
+                # FIN_WAIT_1 straight to TIME_WAIT (ref 1.1 row 2).
+                self._delack_at = now + TCP_DELACK_MIN
+                self._push(now)
+                return
             elif st is S.FIN_WAIT_1:
                 self._transition(Input.RCV_FIN, now)  # simultaneous close -> CLOSING
             elif st is S.FIN_WAIT_2:

@@ -25,24 +25,24 @@ def seq_diff(a: int, b: int) -> int:
 
 
 def seq_lt(a: int, b: int) -> bool:
-    """a is before b (K include/net/tcp.h before())."""
-    return seq_diff(a, b) < 0
+    """a is before b (K include/net/tcp.h before(): (s32)(a - b) < 0)."""
+    return ((a - b) & MASK) >= _HALF
 
 
 def seq_gt(a: int, b: int) -> bool:
     """a is after b: the kernel defines after(a, b) as before(b, a), so at a distance of exactly
     2**31 both before() and after() are true; we match that bit for bit."""
-    return seq_diff(b, a) < 0
+    return ((b - a) & MASK) >= _HALF
 
 
 def seq_le(a: int, b: int) -> bool:
     """!after(a, b)."""
-    return not seq_gt(a, b)
+    return ((b - a) & MASK) < _HALF
 
 
 def seq_ge(a: int, b: int) -> bool:
     """!before(a, b)."""
-    return not seq_lt(a, b)
+    return ((a - b) & MASK) < _HALF
 
 
 def seq_in_window(s: int, lo: int, size: int) -> bool:

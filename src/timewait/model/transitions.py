@@ -53,6 +53,8 @@ class Input(Enum):
     TIMEOUT = "retransmission timeout: give up"
     ORPHAN_ABORT = "kernel aborts an orphan"  # data after close, TCP_LINGER2 < 0, FIN_WAIT2 timer
 
+    __hash__ = object.__hash__  # singletons: identity hash (Enum's is Python code, slow)
+
 
 S = TcpState
 In = Input  # short aliases keep the table one row per line
