@@ -9,6 +9,7 @@ command -v nft >/dev/null 2>&1 || need+=(nftables)
 command -v tmux >/dev/null 2>&1 || need+=(tmux)          # `timewait top` is tested in tmux
 command -v setpriv >/dev/null 2>&1 || need+=(util-linux) # unprivileged-run tests
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)  # lab: nginx-keepalive
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)   # exporter tests: prometheus + promtool
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 if [ "$(id -u)" != 0 ]; then
     echo "timewait: missing system packages: ${need[*]} (run as root to install them, or: apt-get install ${need[*]})" >&2

@@ -450,6 +450,59 @@ def top_cmd(
     run_top(source_fn, console, interval=interval, top=top)
 
 
+# -- exporter: Prometheus metrics (issue 6) ------------------------------------------------
+
+
+@cli.command("exporter")
+@click.option(
+    "--listen",
+    default=None,
+    metavar="[HOST]:PORT",
+    help="Address to serve /metrics on; HOST defaults to 127.0.0.1 (loopback). "
+    "[default: 127.0.0.1:19977, outside the fully allocated 9100-9999 exporter block and "
+    "below the ephemeral port range]",
+)
+@click.option(
+    "--netns",
+    "netns_list",
+    multiple=True,
+    metavar="NAME|PATH",
+    help="Network namespace to export (repeatable; needs root). Default: this namespace, "
+    'labelled netns="host".',
+)
+@click.option(
+    "--top-k",
+    type=click.IntRange(min=0, max=1000),
+    default=10,
+    show_default=True,
+    metavar="N",
+    help='Destinations exported one by one per namespace; the rest are one "other" series.',
+)
+@click.pass_obj
+def exporter_cmd(obj: Ctx, listen: str | None, netns_list: tuple[str, ...], top_k: int) -> None:
+    """Serve Prometheus metrics: sockets by state, TIME_WAIT by side, per-destination port
+    usage for the top N destinations (plus one "other"), kernel TIME_WAIT counters, time to
+    exhaustion, sysctls, and the doctor's findings. Every series has a `netns` label.
+
+    Each scrape takes a fresh snapshot (shared by scrapes within 1 s). A namespace that fails
+    later (deleted, say) is reported as timewait_collection_error, not by failing the scrape.
+    Stops cleanly on Ctrl-C and SIGTERM.
+    """
+    try:
+        from timewait.exporter import DEFAULT_LISTEN
+        from timewait.exporter.server import parse_listen, serve
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise LiveUnavailable(
+            f"the exporter needs prometheus_client ({e}): pip install prometheus_client"
+        ) from None
+    listen = listen or DEFAULT_LISTEN
+    try:
+        parse_listen(listen)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--listen") from None
+    serve(listen=listen, netns=netns_list, top_k=top_k, log_stream=obj.env.stderr)
+
+
 def _register_groups() -> None:
     """Command groups that live in their own modules (they import their heavy parts lazily)."""
     from timewait.sim.command import sim_group

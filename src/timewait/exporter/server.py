@@ -1,0 +1,255 @@
+"""Serve the collector over HTTP: prometheus_client's WSGI app on a threading WSGI server.
+
+Theory of operation
+-------------------
+`parse_listen()` turns --listen into (host, port); a bare port, or ":PORT", stays on loopback
+(127.0.0.1): exposing socket tables to the network is an explicit choice (`0.0.0.0:PORT`,
+`[::]:PORT`). `MetricsServer` binds at construction, so every user error (port in use, an
+address this host does not have, a port below 1024 without privilege) surfaces as a one-line
+`ListenError` before anything runs. It serves `/metrics` (and `/`, like client_python) from
+`prometheus_client.make_wsgi_app` on a ThreadingWSGIServer (one thread per request, daemon
+threads: client_python exposition.py), so a slow client never blocks other scrapes; the
+collector's lock makes concurrent scrapes share one collection.
+
+`run()` serves until SIGINT (Ctrl-C) or SIGTERM (systemd stop), then shuts the server down:
+the scrape in flight finishes, the socket is closed, and run() returns normally (exit 0).
+Signals are turned into an Event from the main thread; the server loop runs in a thread,
+because `shutdown()` must be called from a thread other than the one serving.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import ipaddress
+import logging
+import signal
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import Final, TextIO
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
+
+from timewait.errors import TimewaitError
+from timewait.exporter import DEFAULT_PORT
+from timewait.exporter.collector import DEFAULT_TTL_S, LOG, TimewaitCollector
+
+LOOPBACK: Final = "127.0.0.1"
+
+
+class ListenError(TimewaitError):
+    """The --listen address cannot be served (in use, not ours, needs privilege)."""
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """'127.0.0.1:19977', '[::1]:19977', 'localhost:19977', ':19977' or '19977' -> (host, port).
+
+    Raises ValueError (one line, with an example) for anything else. Port 0 asks the kernel
+    for a free port (the server prints the one it got).
+    """
+    example = f"e.g. 127.0.0.1:{DEFAULT_PORT}, [::1]:{DEFAULT_PORT} or {DEFAULT_PORT}"
+    raw = text.strip()
+    if raw.isdigit():
+        host, port_s = LOOPBACK, raw
+    elif raw.startswith("["):
+        end = raw.find("]")
+        if end < 0 or raw[end + 1 : end + 2] != ":":
+            raise ValueError(f"{text!r} is not [IPv6]:PORT ({example})")
+        host, port_s = raw[1:end], raw[end + 2 :]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv6 address ({example})") from None
+    else:
+        host, sep, port_s = raw.rpartition(":")
+        if not sep:
+            raise ValueError(f"{text!r} has no port ({example})")
+        if ":" in host:
+            raise ValueError(f"write IPv6 addresses in brackets: [{host}]:{port_s} ({example})")
+        host = host or LOOPBACK
+    if not port_s.isdigit() or not 0 <= int(port_s) <= 65535:
+        raise ValueError(f"port {port_s!r} is not a number 0-65535 ({example})")
+    return host, int(port_s)
+
+
+def format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No access log on stderr (client_python's _SilentHandler does the same)."""
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class MetricsServer:
+    """An HTTP server for `registry`, bound at construction, serving after `start()`.
+
+    Raises ListenError (one line, says what to do) when the address cannot be bound.
+    Use as a context manager: the socket is closed on exit whatever happens.
+    """
+
+    def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
+        listen = format_address(host, port)
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        except socket.gaierror as e:
+            raise ListenError(
+                f"cannot listen on {listen}: {e.strerror}: give an IP address of this host"
+            ) from None
+        family, _, _, _, sockaddr = infos[0]
+
+        class Server(ThreadingWSGIServer):
+            address_family = family
+            # socketserver's default listen() backlog is 5: 50 scrapes arriving at once then
+            # overflow the accept queue and wait for SYN retransmits (1 s, 3 s, ...).
+            request_queue_size = 128
+
+        try:
+            self.httpd: WSGIServer = make_server(
+                str(sockaddr[0]),
+                port,
+                make_wsgi_app(registry),
+                Server,
+                handler_class=_QuietHandler,
+            )
+        except OSError as e:
+            raise ListenError(_bind_error(listen, port, e)) from None
+        self.host = str(sockaddr[0])
+        self.port = int(self.httpd.server_address[1])
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{format_address(self.host, self.port)}/metrics"
+
+    def start(self) -> None:
+        """Serve in a background thread (returns at once)."""
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, name="timewait-exporter", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop serving (the request in flight finishes) and close the socket."""
+        if self._thread is not None:
+            self.httpd.shutdown()
+            self._thread.join(timeout=10)
+            self._thread = None
+        self.httpd.server_close()
+
+    def __enter__(self) -> MetricsServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _bind_error(listen: str, port: int, e: OSError) -> str:
+    if e.errno == _errno.EADDRINUSE:
+        return (
+            f"cannot listen on {listen}: the port is in use (`ss -ltnp 'sport = :{port}'` shows "
+            f"by whom): pick another with --listen"
+        )
+    if e.errno == _errno.EADDRNOTAVAIL:
+        return f"cannot listen on {listen}: not an address of this host: check --listen"
+    if e.errno == _errno.EACCES:
+        return (
+            f"cannot listen on {listen}: ports below 1024 need root or CAP_NET_BIND_SERVICE: "
+            f"use a higher port (default {DEFAULT_PORT})"
+        )
+    return f"cannot listen on {listen}: {e.strerror}"
+
+
+@contextmanager
+def stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGINT and SIGTERM set `stop` (main thread only); the old handlers come back on exit."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def run(
+    server: MetricsServer,
+    *,
+    stop: threading.Event | None = None,
+    ready: Callable[[MetricsServer], None] | None = None,
+) -> None:
+    """Serve until `stop` is set, SIGINT or SIGTERM; then shut down cleanly and return."""
+    stop = stop or threading.Event()
+    with stop_on_signals(stop), server:
+        server.start()
+        if ready is not None:
+            ready(server)
+        while not stop.wait(0.5):
+            pass
+
+
+def check_targets(netns: tuple[str, ...]) -> None:
+    """Fail fast, before serving, on a namespace that does not exist or needs root we lack.
+
+    Raises NamespaceNotFound / NeedRoot (one line each). Later failures (a namespace deleted
+    while we serve) are not fatal: they show up as timewait_collection_error.
+    """
+    from timewait.live import netns as _netns
+
+    for name in netns:
+        with _netns.entered(_netns.resolve(netns=name)):
+            pass
+
+
+def serve(
+    *,
+    listen: str,
+    netns: tuple[str, ...],
+    top_k: int,
+    log_stream: TextIO,
+    stop: threading.Event | None = None,
+    ttl_s: float = DEFAULT_TTL_S,
+) -> None:
+    """`timewait exporter`: check the targets, bind, log the URL, serve until stopped.
+
+    Raises ValueError for a bad `listen`, ListenError when it cannot be bound,
+    NamespaceNotFound / NeedRoot for a bad --netns.
+    """
+    host, port = parse_listen(listen)
+    check_targets(netns)
+    handler = logging.StreamHandler(log_stream)
+    handler.setFormatter(logging.Formatter("timewait exporter: %(levelname)s: %(message)s"))
+    LOG.addHandler(handler)
+    old_level, old_propagate = LOG.level, LOG.propagate
+    LOG.setLevel(logging.INFO)
+    LOG.propagate = False
+    try:
+        collector = TimewaitCollector(netns, top_k=top_k, ttl_s=ttl_s)
+        registry = CollectorRegistry(auto_describe=True)
+        registry.register(collector)
+        server = MetricsServer(registry, host, port)
+        names = ", ".join(t.label for t in collector.targets)
+        run(
+            server,
+            stop=stop,
+            ready=lambda s: LOG.info(
+                "serving %s (netns: %s; top %d destinations + other)", s.url, names, top_k
+            ),
+        )
+        LOG.info("stopped")
+    finally:
+        LOG.removeHandler(handler)
+        LOG.setLevel(old_level)
+        LOG.propagate = old_propagate

@@ -1,0 +1,217 @@
+"""The HTTP side and the `timewait exporter` command: --listen parsing, one-line errors for
+everything a user can get wrong (with their exit statuses), serving /metrics, and a clean stop
+on SIGTERM and Ctrl-C. Traffic stays on 127.0.0.1; no root needed.
+"""
+
+from __future__ import annotations
+
+import io
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from timewait.cli import main
+from timewait.env import Environment
+from timewait.exporter import DEFAULT_LISTEN, DEFAULT_PORT
+from timewait.exporter.collector import TimewaitCollector
+from timewait.exporter.server import ListenError, MetricsServer, parse_listen, run, serve
+from timewait.status import ExitStatus
+
+from ..doctor.helpers import S1, C, snap, tws
+
+TIMEWAIT = str(Path(sys.executable).with_name("timewait"))
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("127.0.0.1:19977", ("127.0.0.1", 19977)),
+        ("19977", ("127.0.0.1", 19977)),
+        (":19977", ("127.0.0.1", 19977)),
+        ("[::1]:9", ("::1", 9)),
+        ("localhost:0", ("localhost", 0)),
+        ("0.0.0.0:19977", ("0.0.0.0", 19977)),
+    ],
+)
+def test_parse_listen(text: str, expected: tuple[str, int]) -> None:
+    assert parse_listen(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("nothing", "has no port"),
+        ("127.0.0.1:99999", "not a number 0-65535"),
+        ("127.0.0.1:http", "not a number"),
+        ("::1:19977", "brackets"),
+        ("[::1]19977", "is not [IPv6]:PORT"),
+        ("[nope]:1", "not an IPv6 address"),
+    ],
+)
+def test_parse_listen_rejects(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        parse_listen(text)
+
+
+def test_default_is_loopback_on_19977() -> None:
+    assert DEFAULT_LISTEN == "127.0.0.1:19977" and parse_listen(DEFAULT_LISTEN)[1] == DEFAULT_PORT
+
+
+def registry() -> CollectorRegistry:
+    reg = CollectorRegistry()
+    s = snap(tws(C, S1, 80, range(40000, 40050)))
+    reg.register(TimewaitCollector(source=lambda ns: s))
+    return reg
+
+
+def get(url: str) -> tuple[int, str]:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return r.status, r.read().decode()
+
+
+@pytest.fixture
+def server() -> Iterator[MetricsServer]:
+    with MetricsServer(registry(), "127.0.0.1", 0) as srv:
+        srv.start()
+        yield srv
+
+
+def test_serves_metrics(server: MetricsServer) -> None:
+    status, body = get(server.url)
+    assert status == 200
+    assert (
+        'timewait_destination_ports_in_use{destination="198.18.0.1 -> 198.18.0.2:80",'
+        'netns="host"} 50.0' in body
+    )
+
+
+def test_port_in_use_is_one_line_error(server: MetricsServer) -> None:
+    with pytest.raises(ListenError) as e:
+        MetricsServer(registry(), "127.0.0.1", server.port)
+    msg = str(e.value)
+    assert "in use" in msg and "--listen" in msg and "\n" not in msg
+
+
+def test_address_not_of_this_host() -> None:
+    with pytest.raises(ListenError, match="not an address of this host"):
+        MetricsServer(registry(), "192.0.2.1", 0)  # TEST-NET-1: never ours
+
+
+def test_ipv6_loopback() -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    with MetricsServer(registry(), "::1", 0) as srv:
+        srv.start()
+        assert srv.url.startswith("http://[::1]:")
+        assert get(srv.url)[0] == 200
+
+
+def test_run_returns_when_stopped() -> None:
+    stop = threading.Event()
+    srv = MetricsServer(registry(), "127.0.0.1", 0)
+    urls: list[str] = []
+    t = threading.Thread(
+        target=run, args=(srv,), kwargs={"stop": stop, "ready": lambda s: urls.append(s.url)}
+    )
+    t.start()
+    deadline = time.monotonic() + 5
+    while not urls and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert get(urls[0])[0] == 200
+    stop.set()
+    t.join(5)
+    assert not t.is_alive()
+    with pytest.raises(OSError):
+        get(urls[0])  # the socket is closed
+
+
+def test_serve_logs_url_and_stop() -> None:
+    stop = threading.Event()
+    log = io.StringIO()
+    t = threading.Thread(
+        target=serve,
+        kwargs=dict(listen="127.0.0.1:0", netns=(), top_k=3, log_stream=log, stop=stop),
+    )
+    t.start()
+    deadline = time.monotonic() + 10
+    while "serving" not in log.getvalue() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    line = log.getvalue().splitlines()[0]
+    assert line.startswith("timewait exporter: INFO: serving http://127.0.0.1:")
+    url = line.split()[4]
+    status, body = get(url)
+    assert status == 200 and 'netns="host"' in body
+    stop.set()
+    t.join(5)
+    assert log.getvalue().splitlines()[-1] == "timewait exporter: INFO: stopped"
+
+
+# -- the command ------------------------------------------------------------------------------
+
+
+def cli(*args: str) -> tuple[int, str]:
+    out, err = io.StringIO(), io.StringIO()
+    status = main(["exporter", *args], env=Environment(stdout=out, stderr=err))
+    return status, err.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("args", "status", "needle"),
+    [
+        (("--listen", "nonsense"), ExitStatus.USAGE, "--listen"),
+        (("--listen", "127.0.0.1:70000"), ExitStatus.USAGE, "0-65535"),
+        (("--top-k", "-3"), ExitStatus.USAGE, "--top-k"),
+        (("--top-k", "5000"), ExitStatus.USAGE, "--top-k"),
+        (("--netns", "no-such-ns-xyz"), ExitStatus.ERROR, "ip netns list"),
+        (("--listen", "192.0.2.1:19977"), ExitStatus.ERROR, "not an address of this host"),
+    ],
+)
+def test_user_errors_are_one_line(args: tuple[str, ...], status: int, needle: str) -> None:
+    got, err = cli(*args)
+    assert got == status, err
+    assert err.count("\n") == 1 and needle in err and "Traceback" not in err
+
+
+def test_port_in_use_via_cli(server: MetricsServer) -> None:
+    got, err = cli("--listen", f"127.0.0.1:{server.port}")
+    assert got == ExitStatus.ERROR and err.count("\n") == 1 and "in use" in err
+
+
+def start_exporter(*args: str) -> tuple[subprocess.Popen[str], str]:
+    p = subprocess.Popen(
+        [TIMEWAIT, "exporter", "--listen", "127.0.0.1:0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert p.stderr is not None
+    line = p.stderr.readline()
+    assert "serving http://" in line, line
+    return p, line.split()[4]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_process_stops_cleanly_on_signal(sig: signal.Signals) -> None:
+    p, url = start_exporter("--top-k", "2")
+    try:
+        status, body = get(url)
+        assert status == 200 and "timewait_collection_error" in body
+        t0 = time.monotonic()
+        p.send_signal(sig)
+        _, err = p.communicate(timeout=10)
+        assert p.returncode == 0, err
+        assert time.monotonic() - t0 < 3
+        assert "stopped" in err and "Traceback" not in err
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
