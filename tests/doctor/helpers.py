@@ -84,6 +84,7 @@ def snap(
         source="test",
         monotonic_ns=monotonic_ns,
         time_ns=monotonic_ns,
+        notes=notes,
     )
 
 
