@@ -505,9 +505,11 @@ def exporter_cmd(obj: Ctx, listen: str | None, netns_list: tuple[str, ...], top_
 
 def _register_groups() -> None:
     """Command groups that live in their own modules (they import their heavy parts lazily)."""
+    from timewait.lab.command import lab_group
     from timewait.sim.command import sim_group
 
     cli.add_command(sim_group, "sim")
+    cli.add_command(lab_group, "lab")
 
 
 _register_groups()

@@ -117,6 +117,38 @@ def _sigterm_as_exit() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
+sigterm_as_exit = _sigterm_as_exit  # public name, for code that creates several namespaces
+
+
+def veth_pair(ns_a: str, addr_a: str, ns_b: str, addr_b: str, plen: int = 24) -> tuple[str, str]:
+    """A veth pair created directly inside two lab namespaces (never in the host's), addressed
+    and up; returns the interface names. It disappears with either namespace.
+
+    Addresses must be in 198.18.0.0/15 or a documentation range (DESIGN.md, network rule).
+    """
+    import ipaddress
+
+    allowed = [ipaddress.ip_network(n) for n in LAB_NETWORKS]
+    for addr in (addr_a, addr_b):
+        ip = ipaddress.ip_address(addr)
+        if not any(ip in net for net in allowed):
+            raise LabUnavailable(f"{addr} is outside the lab's ranges ({', '.join(LAB_NETWORKS)})")
+    tag = secrets.token_hex(3)
+    a, b = f"{PREFIX}{tag}a", f"{PREFIX}{tag}b"
+    res = _ip("link", "add", a, "netns", ns_a, "type", "veth", "peer", "name", b, "netns", ns_b)
+    if res.returncode != 0:
+        raise LabUnavailable(f"could not create a veth pair: {res.stderr.strip()}")
+    for ns, dev, addr in ((ns_a, a, addr_a), (ns_b, b, addr_b)):
+        for args in (("addr", "add", f"{addr}/{plen}", "dev", dev), ("link", "set", dev, "up")):
+            res = _ip("-n", ns, *args)
+            if res.returncode != 0:
+                raise LabUnavailable(f"`ip -n {ns} {' '.join(args)}` failed: {res.stderr.strip()}")
+    return a, b
+
+
+LAB_NETWORKS: Final = ("198.18.0.0/15", "192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")
+
+
 @contextlib.contextmanager
 def throwaway_netns(prefix: str = PREFIX) -> Iterator[str]:
     """A fresh named network namespace with lo up; deleted on exit, error, Ctrl-C or SIGTERM."""

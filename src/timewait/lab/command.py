@@ -1,0 +1,223 @@
+"""`timewait lab list|run|cleanup`: the experiments on the command line (a thin layer).
+
+Register in cli.py with `cli.add_command(lab_group, "lab")`. Like `sim`, commands parse options,
+call timewait.lab and render; output goes to the cli environment's streams when run under
+timewait.cli, else to sys.stdout/sys.stderr. Errors (TimewaitError: LabUnavailable for no root
+or a missing nft/nginx, LabError for an unknown experiment or a bad --set) become one line and a
+non-zero exit status; with --traceback (cli) they are re-raised. Progress goes to stderr only
+when stderr is a terminal, so --json output stays pure. `main()` runs the group on its own (the
+interrupt tests and `python -m timewait.lab.command` use it).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn, TextIO
+
+import click
+
+from timewait.errors import TimewaitError
+from timewait.sim.command import _streams, parse_set_options
+from timewait.status import ExitStatus
+
+
+class LabCommandError(click.ClickException):
+    """A TimewaitError as a one-line click error with the error's exit status."""
+
+    def __init__(self, error: TimewaitError) -> None:
+        super().__init__(str(error))
+        self.exit_code = int(error.exit_status)  # type: ignore[misc]
+
+
+def _fail(ctx: click.Context, error: TimewaitError) -> NoReturn:
+    root = ctx.find_root()
+    if root.meta.get("traceback"):
+        raise error
+    raise LabCommandError(error) from None
+
+
+def _progress(err: TextIO) -> Any:
+    isatty = getattr(err, "isatty", None)
+    if not (isatty and isatty()):
+        return None
+
+    def show(msg: str) -> None:
+        err.write(f"\r\x1b[2K{msg}")
+        err.flush()
+
+    return show
+
+
+@click.group("lab", context_settings={"help_option_names": ["-h", "--help"]})
+def lab_group() -> None:
+    """Experiments on the running kernel, in throwaway network namespaces, next to the model.
+
+    `timewait lab list` shows them; `timewait lab run NAME` runs one (root needed) and prints
+    kernel and model side by side; differences above 5% are reported as MODEL DEFECT.
+    """
+
+
+@lab_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+@click.pass_obj
+def lab_list(obj: Any, as_json: bool) -> None:
+    """List the experiments: name and the question each asks the kernel."""
+    from timewait.lab.experiments import load_catalog
+
+    out, _ = _streams(obj)
+    catalog = load_catalog()
+    items = sorted(catalog.values(), key=lambda e: e.name)
+    if as_json:
+        data = [
+            {
+                "name": e.name,
+                "question": e.question,
+                "needs": list(e.needs),
+                "params": [
+                    {"name": p.name, "default": p.default, "help": p.help} for p in e.params
+                ],
+            }
+            for e in items
+        ]
+        json.dump(data, out, indent=2)
+        out.write("\n")
+        return
+    width = max(len(e.name) for e in items)
+    for e in items:
+        out.write(f"{e.name:<{width}}  {e.question}\n")
+    out.write(
+        "\nRun one (as root): timewait lab run NAME [--set KEY=VALUE ...] [--json] [--plot FILE]\n"
+    )
+
+
+@lab_group.command("run")
+@click.argument("name")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a parameter.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: kernel, model, comparison.")
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    metavar="FILE.png|FILE.svg",
+    help="Draw the kernel's and the model's time series, overlaid.",
+)
+@click.option("--quick", is_flag=True, help="The short form the test suite runs (seconds).")
+@click.option("--help-params", is_flag=True, help="List the experiment's parameters and exit.")
+@click.pass_context
+def lab_run(
+    ctx: click.Context,
+    name: str,
+    sets: tuple[str, ...],
+    as_json: bool,
+    plot_path: str | None,
+    quick: bool,
+    help_params: bool,
+) -> None:
+    """Run one experiment on the kernel and the same question on the model."""
+    from timewait.lab.experiments import get
+
+    out, err = _streams(ctx.obj)
+    try:
+        experiment = get(name)
+        if help_params:
+            out.write(f"{experiment.name}: {experiment.question}\n")
+            for p in experiment.params:
+                out.write(f"  {p.name}={p.default!s:<16} {p.help}\n")
+            return
+        overrides: dict[str, Any] = dict(experiment.quick) if quick else {}
+        overrides.update(parse_set_options(sets))
+        experiment.resolve(overrides)  # bad keys/values fail before root is checked
+        if plot_path is not None:
+            from timewait.render.plot import check_plot_path
+
+            check_plot_path(plot_path)
+        result = experiment.run(overrides, progress=_progress(err))
+        if _progress(err):
+            err.write("\r\x1b[2K")
+    except TimewaitError as e:
+        _fail(ctx, e)
+    if as_json:
+        json.dump(result.to_json(), out, indent=2)
+        out.write("\n")
+    else:
+        from timewait.lab import compare as cmp
+
+        out.write(f"lab {result.experiment} on Linux {result.kernel_release}: kernel vs model\n\n")
+        cmp.render(result.rows, out)
+        defects = result.defects
+        out.write(f"\nparams: {' '.join(f'{k}={v}' for k, v in result.params.items())}\n")
+        for note in result.notes:
+            out.write(f"note: {note}\n")
+        out.write(f"verdict: {result.verdict}\n")
+        if defects:
+            names = ", ".join(f"{r.variant}/{r.metric}" for r in defects)
+            out.write(f"MODEL DEFECT: {len(defects)} number(s) differ by more than 5%: {names}\n")
+        else:
+            out.write("model agrees with the kernel within 5% on every headline number\n")
+        out.write(f"({result.elapsed_s:.1f} s)\n")
+    if plot_path is not None:
+        if not result.series:
+            (err if as_json else out).write(f"(no plot: {name} has no time series)\n")
+            return
+        from timewait.render.plot import plot_result
+
+        try:
+            written = plot_result(result.as_scenario_result(), plot_path)
+        except TimewaitError as e:
+            _fail(ctx, e)
+        (err if as_json else out).write(f"plot written to {written}\n")
+
+
+@lab_group.command("cleanup")
+@click.pass_context
+def lab_cleanup(ctx: click.Context) -> None:
+    """Remove leftovers of interrupted runs: tw-* namespaces (with their interfaces, nftables
+    tables and processes) and timewait-lab-* temp directories."""
+    from timewait.lab.experiments.apps import TMP_PREFIX
+    from timewait.lab.namespaces import PREFIX, cleanup_leftovers, require_root
+
+    out, _ = _streams(ctx.obj)
+    try:
+        require_root()
+        removed = cleanup_leftovers(PREFIX)
+    except TimewaitError as e:
+        _fail(ctx, e)
+    dirs = []
+    for d in glob.glob(os.path.join("/tmp", f"{TMP_PREFIX}*")):
+        pid = os.path.basename(d)[len(TMP_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and os.path.exists(f"/proc/{pid}"):
+            continue  # a run in progress
+        shutil.rmtree(d, ignore_errors=True)
+        dirs.append(d)
+    for name in removed:
+        out.write(f"removed namespace {name}\n")
+    for d in dirs:
+        out.write(f"removed directory {d}\n")
+    if not removed and not dirs:
+        out.write("nothing to clean up\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run lab_group on its own; returns the exit status (one-line errors, 130 on Ctrl-C)."""
+    try:
+        lab_group.main(args=list(argv if argv is not None else sys.argv[1:]),
+                       prog_name="timewait lab", standalone_mode=False)  # fmt: skip
+    except click.exceptions.Exit as e:
+        return int(e.exit_code)
+    except click.ClickException as e:
+        sys.stderr.write(f"timewait: error: {e.format_message()}\n")
+        return e.exit_code
+    except (click.Abort, KeyboardInterrupt):
+        sys.stderr.write("timewait: interrupted\n")
+        return ExitStatus.INTERRUPTED
+    return ExitStatus.OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""`lab list|run|cleanup` through click's CliRunner on lab_group."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from click.testing import CliRunner
+
+from timewait.lab.command import lab_group
+
+from .helpers import need_root
+
+
+def test_list_names_every_experiment() -> None:
+    res = CliRunner().invoke(lab_group, ["list"])
+    assert res.exit_code == 0
+    for name in ("exhaustion", "tw-reuse", "nginx-keepalive", "http-pooling"):
+        assert name in res.output
+    data = json.loads(CliRunner().invoke(lab_group, ["list", "--json"]).output)
+    assert len(data) == 10
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["run", "nope"], "unknown experiment 'nope'"),
+        (["run", "exhaustion", "--set", "foo=1"], "has no parameter 'foo'"),
+        (["run", "exhaustion", "--set", "rate=abc"], "rate='abc'"),
+        (["run", "exhaustion", "--set", "port_range=9-x"], "port range"),
+    ],
+)
+def test_bad_input_is_a_one_line_error(args: list[str], needle: str) -> None:
+    res = CliRunner().invoke(lab_group, args)
+    assert res.exit_code != 0
+    assert needle in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    assert "Traceback" not in res.output
+
+
+def test_without_root_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    res = CliRunner().invoke(lab_group, ["run", "exhaustion", "--quick"])
+    assert res.exit_code != 0
+    assert "needs root" in res.output and len(res.output.strip().splitlines()) == 1
+    res = CliRunner().invoke(lab_group, ["cleanup"])
+    assert res.exit_code != 0 and "needs root" in res.output
+
+
+def test_missing_nginx_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    need_root()
+    from timewait.lab.experiments import base
+
+    monkeypatch.setattr(base, "NGINX", "/nonexistent/nginx")
+    res = CliRunner().invoke(lab_group, ["run", "nginx-keepalive", "--quick"])
+    assert res.exit_code != 0 and "needs nginx" in res.output
+    assert "system-packages.sh" in res.output
+
+
+@pytest.mark.root
+def test_run_json_has_kernel_model_and_comparison(tmp_path: object) -> None:
+    need_root()
+    plot = os.path.join(str(tmp_path), "x.png")
+    res = CliRunner().invoke(lab_group, ["run", "exhaustion", "--quick", "--json", "--plot", plot])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["experiment"] == "exhaustion"
+    assert data["comparison"] and data["model_defects"] == []
+    assert {r["status"] for r in data["comparison"]} == {"ok"}
+    assert os.path.getsize(plot) > 0
+
+
+@pytest.mark.root
+def test_run_table_says_model_defect_when_there_is_one() -> None:
+    need_root()
+    res = CliRunner().invoke(lab_group, ["run", "lost-final-ack", "--quick"])
+    assert res.exit_code == 0, res.output
+    assert "MODEL DEFECT" in res.output and "rsts_sent" in res.output
+
+
+@pytest.mark.root
+def test_cleanup_removes_leftover_namespaces() -> None:
+    need_root()
+    import subprocess
+
+    name = f"tw-cleanuptest-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    res = CliRunner().invoke(lab_group, ["cleanup"])
+    assert res.exit_code == 0
+    assert f"removed namespace {name}" in res.output
+    assert not os.path.exists(f"/run/netns/{name}")
