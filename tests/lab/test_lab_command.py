@@ -72,8 +72,25 @@ def test_run_json_has_kernel_model_and_comparison(tmp_path: object) -> None:
 
 
 @pytest.mark.root
-def test_run_table_says_model_defect_when_there_is_one() -> None:
+def test_run_table_says_model_defect_when_there_is_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Put back the model defect the lab found (close() at once after the write, so the peer's
+    ACK draws a second RST on the model, not on loopback): the table must say MODEL DEFECT."""
     need_root()
+    from timewait.lab.experiments import closing
+    from timewait.sim import scenario as sim_scenario
+
+    real_get = sim_scenario.get
+
+    class CloseAtOnce:
+        def __init__(self, name: str) -> None:
+            self.inner = real_get(name)
+
+        def run(self, overrides: dict[str, object], seed: int = 1) -> object:
+            if "close_delay_ms" in overrides:
+                overrides = {**overrides, "close_delay_ms": 0.0}
+            return self.inner.run(overrides, seed)
+
+    monkeypatch.setattr(closing, "get_scenario", CloseAtOnce)
     res = CliRunner().invoke(lab_group, ["run", "lost-final-ack", "--quick"])
     assert res.exit_code == 0, res.output
     assert "MODEL DEFECT" in res.output and "rsts_sent" in res.output

@@ -404,3 +404,24 @@ def test_four_tuple_lookup_is_per_destination() -> None:
     assert conn is not None
     ft = conn.tuple
     assert isinstance(ft, FourTuple) and net.client.ehash[ft] is conn
+
+
+def test_timer_hz_250_kills_time_wait_on_the_wheel_bucket_not_at_60s() -> None:
+    """With timer_hz=250 the minisocket dies at the next 2.048 s wheel bucket after its 60 s
+    deadline (kernel/time/timer.c calc_index(); measured 60.5-62 s on 6.18.44), while its
+    armed deadline, what sock_diag reports, stays 60 s."""
+    from timewait.model.timerwheel import fires_at
+
+    net = make_net()
+    net.client.timer_hz = 250
+    lfd = listen(net.server)
+    one_request(net, lfd)
+    (tw,) = tw_of(net.client)
+    fire = fires_at(tw.expires - 60 * SEC, tw.expires, 250)
+    assert fire > tw.expires
+    net.wire.run(tw.expires)
+    assert net.client.tw_count == 1  # the 60 s deadline passed; the bucket has not fired
+    net.wire.run(fire - 1)
+    assert net.client.tw_count == 1
+    net.wire.run(fire)
+    assert net.client.tw_count == 0

@@ -33,11 +33,13 @@ LIFETIME = SERVER_CLOSE_AT + DELAY
 
 
 def packet_run(
-    config: KernelConfig, rate_per_s: int, duration_s: int
+    config: KernelConfig, rate_per_s: int, duration_s: int, timer_hz: int | None = None
 ) -> tuple[list[bool], list[int]]:
     """One connection per request on the packet model; returns (outcome per attempt, TIME_WAIT
     count sampled every second before that second's connect())."""
-    client = Host(name="client", addrs=[CLIENT_IP], config=config, rng=random.Random(1))
+    client = Host(
+        name="client", addrs=[CLIENT_IP], config=config, rng=random.Random(1), timer_hz=timer_hz
+    )
     server = Host(name="server", addrs=[SERVER_IP], config=config, rng=random.Random(2))
     wire = Wire(client, server, delay=DELAY)
     lfd = server.socket()
@@ -87,7 +89,7 @@ def packet_run(
 
 
 def flow_run(
-    config: KernelConfig, rate_per_s: int, duration_s: int
+    config: KernelConfig, rate_per_s: int, duration_s: int, timer_hz: int | None = None
 ) -> tuple[list[bool], list[int]]:
     """The same workload on the flow engine."""
     outcomes: list[tuple[int, bool]] = []
@@ -96,6 +98,7 @@ def flow_run(
         FlowWorkload(rate=rate_per_s, duration=duration_s * SEC, lifetime=LIFETIME),
         rng=random.Random(1),
         outcomes=outcomes,
+        timer_hz=timer_hz,
     )
     return [ok for _, ok in outcomes], res.time_wait
 
@@ -126,6 +129,19 @@ def test_flow_model_matches_packet_model_with_tw_reuse() -> None:
     assert sum(p_ok) == sum(f_ok)
     assert p_ok == f_ok
     assert p_tw == f_tw
+
+
+def test_flow_model_matches_packet_model_with_timer_wheel_hz250() -> None:
+    """Both engines with the kernel's timer-wheel rounding (timer_hz=250, TIME_WAIT dies at the
+    next 2.048 s bucket after 60 s): still the same answer for every connect() and the same
+    TIME_WAIT count each second; ports come back later than without rounding."""
+    cfg = KernelConfig(ip_local_port_range=(40000, 40009), tcp_tw_reuse=0)
+    p_ok, p_tw = packet_run(cfg, 1, 180, timer_hz=250)
+    f_ok, f_tw = flow_run(cfg, 1, 180, timer_hz=250)
+    assert p_ok == f_ok
+    assert p_tw == f_tw
+    _, exact_tw = flow_run(cfg, 1, 180)
+    assert f_tw != exact_tw  # TIME_WAITs outlive 60 s: the counts shift, as on the kernel
 
 
 # -- the rules one by one ------------------------------------------------------------------------

@@ -55,6 +55,7 @@ from timewait.model.minisock import MiniSocket, TwVerdict, arm_counter, tw_overf
 from timewait.model.ports import PortTable, parse_ip_local_port_range
 from timewait.model.segment import Flags, FourTuple, Segment
 from timewait.model.states import TcpState
+from timewait.model.timerwheel import fires_at
 from timewait.units import MS
 
 # Memory estimates from slab object sizes measured on the reference machine (ref 9.1).
@@ -165,8 +166,14 @@ class Host:
         profile: Profile = LINUX,
         name: str = "host",
         trace: bool = False,
+        timer_hz: int | None = None,
     ) -> None:
         self.name = name
+        # None: minisockets die exactly at their deadline. An int (CONFIG_HZ, 250 on the
+        # reference kernel) rounds their death up to the timer wheel's bucket, as the kernel does
+        # (model/timerwheel.py): a TIME_WAIT then lives 60-62 s, as measured.
+        self.timer_hz = timer_hz
+        self._tw_armed: dict[FourTuple, tuple[int, int]] = {}  # deadline -> wheel fire time
         # (now, four-tuple, old, new) for every state change, when tracing (ladder diagrams).
         self.state_log: list[tuple[int, FourTuple, TcpState, TcpState]] | None = (
             [] if trace else None
@@ -438,7 +445,7 @@ class Host:
                 if sk.expires <= now:
                     self._kill_tw(sk, now)  # tw_timer_handler(): nothing is sent on expiry
                 else:
-                    self._schedule(ft, sk.expires)
+                    self._schedule(ft, self._tw_fires(sk, now))
 
     # -- tables, for snapshots and tests -----------------------------------------------------
 
@@ -592,7 +599,7 @@ class Host:
         if res.killed and self.ehash.get(tw.tuple) is tw:
             self._kill_tw(tw, now)
         elif self.ehash.get(tw.tuple) is tw:
-            self._schedule(tw.tuple, tw.expires)
+            self._schedule(tw.tuple, self._tw_fires(tw, now))
 
     def _send_reset(self, seg: Segment) -> None:
         """tcp_v4_send_reset(): never answer an RST; ACK -> RST seq=ack; else RST|ACK."""
@@ -674,7 +681,19 @@ class Host:
         if owner.port_held:
             self.ports.transfer(owner, tw, ft.lport)
             owner.port_held = False
-        self._schedule(ft, tw.expires)
+        self._schedule(ft, self._tw_fires(tw, now))
+
+    def _tw_fires(self, tw: MiniSocket, now: int) -> int:
+        """When the minisocket's timer fires. A deadline that did not move keeps the bucket it
+        was filed in when armed (mod_timer() is only called on a restart)."""
+        if self.timer_hz is None:
+            return tw.expires
+        armed = self._tw_armed.get(tw.tuple)
+        if armed is not None and armed[0] == tw.expires:
+            return armed[1]
+        fire = fires_at(now, tw.expires, self.timer_hz)
+        self._tw_armed[tw.tuple] = (tw.expires, fire)
+        return fire
 
     def _kill_tw(self, tw: MiniSocket, now: int) -> None:
         """inet_twsk_kill(): unhash and drop the bind-bucket reference."""
@@ -683,6 +702,7 @@ class Host:
         if self.ehash.get(tw.tuple) is tw:
             del self.ehash[tw.tuple]
             self._scheduled.pop(tw.tuple, None)
+            self._tw_armed.pop(tw.tuple, None)
             self._tw_count -= 1
             self.ports.release(tw, tw.tuple.lport)
 

@@ -51,6 +51,7 @@ from timewait.config import TCP_TIMEWAIT_LEN, KernelConfig
 from timewait.errors import TimewaitError
 from timewait.model import counters as C
 from timewait.model.counters import Counters
+from timewait.model.timerwheel import fires_at
 from timewait.units import MS, SEC
 
 ARRIVALS: Final = ("fixed", "poisson")
@@ -189,11 +190,15 @@ def simulate(
     rng: random.Random,
     time_wait_len: int = TCP_TIMEWAIT_LEN,
     outcomes: list[tuple[int, bool]] | None = None,
+    timer_hz: int | None = None,
 ) -> FlowResult:
     """Run the workload on one client namespace; see the module docstring for the rules.
 
     Deterministic: the same config, workload and rng state give the same FlowResult. If
     `outcomes` is a list, (time, succeeded) is appended for every connect() attempt.
+    `timer_hz` (CONFIG_HZ) rounds each TIME_WAIT's death up to the kernel timer wheel's bucket,
+    as Host(timer_hz=...) does (model/timerwheel.py); None ends it exactly after 60 s. The
+    rounding is monotonic, so the FIFO order of expiries is kept.
     """
     w = workload
     usable = usable_ports(config, w.bind_held_ports)
@@ -210,7 +215,12 @@ def simulate(
     lifetime = w.lifetime
 
     in_use = [0] * n_dest
-    # TIME_WAIT entries are mutable [expiry_ns, dest]; dest = -1 marks one taken over.
+
+    def dies_at(armed: int) -> int:
+        deadline = armed + time_wait_len
+        return deadline if timer_hz is None else fires_at(armed, deadline, timer_hz)
+
+    # TIME_WAIT entries are mutable [expiry_ns, dest, entry_ns]; dest = -1 marks one taken over.
     tw_dest: list[deque[list[int]]] = [deque() for _ in range(n_dest)]
     tw_all: deque[list[int]] = deque()
     active: deque[tuple[int, int]] = deque()  # (end_ns, dest)
@@ -247,12 +257,12 @@ def simulate(
                 end, d = active.popleft()
                 if not client_first:
                     in_use[d] -= 1  # passive closer: LAST_ACK -> CLOSED, no TIME_WAIT (ref 1.1)
-                    server_tw.append(end + time_wait_len)
+                    server_tw.append(dies_at(end))
                 elif tw_total >= max_tw:  # tw_overflow(): inet_twsk_alloc() returned NULL
                     n_overflow += 1
                     in_use[d] -= 1
                 else:  # tcp_time_wait(): the four-tuple stays held for TCP_TIMEWAIT_LEN
-                    entry = [end + time_wait_len, d]
+                    entry = [dies_at(end), d, end]
                     tw_all.append(entry)
                     tw_dest[d].append(entry)
                     tw_total += 1
@@ -281,7 +291,7 @@ def simulate(
         attempts += 1
         if in_use[d] < usable:
             in_use[d] += 1
-        elif reuse and tw_dest[d] and t // MS > (tw_dest[d][0][0] - time_wait_len) // MS + delay_ms:
+        elif reuse and tw_dest[d] and t // MS > tw_dest[d][0][2] // MS + delay_ms:
             # __inet_check_established() -> tcp_twsk_unique(): now_ms > entry_stamp + delay
             # (strict, ms); the minisocket is killed and its port goes to the new connection.
             entry = tw_dest[d].popleft()

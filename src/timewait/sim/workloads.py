@@ -254,6 +254,7 @@ class RequestClient:
         linger_zero: bool = False,
         request: bytes = b"GET",
         close_after_send: bool = False,
+        close_delay: int = 0,
     ) -> None:
         if bind not in ("none", "bind", "bind-no-port"):
             raise ValueError(f"bind={bind!r}: choose none, bind or bind-no-port")
@@ -273,6 +274,7 @@ class RequestClient:
         self.linger_zero = linger_zero
         self.request = request
         self.close_after_send = close_after_send
+        self.close_delay = close_delay  # ns between the write and close() (close_after_send)
         self.stats = Stats()
         self.tuples: list[FourTuple] = []  # four-tuple of every connection that got one
         self.ports_per_dest: dict[tuple[str, int], set[int]] = {}
@@ -343,6 +345,9 @@ class RequestClient:
                 c.sent_at = now
                 if self.close_after_send:
                     self.stats.successes += 1
+                    if self.close_delay:
+                        self.net.engine.at(now + self.close_delay, self._close_later, c)
+                        return
                     self._close(c, now)  # send() then close() at once: a fire-and-forget client
                     return
             elif kind is DataReceived:
@@ -360,6 +365,10 @@ class RequestClient:
                 self.stats.fail(_EVENT_ERRNO[kind], now)
                 self._close(c, now)
                 return
+
+    def _close_later(self, c: _Conn) -> None:
+        self._close(c, self.net.now)
+        self.net.flush(self.host)
 
     def _close(self, c: _Conn, now: int) -> None:
         assert c.ft is not None

@@ -38,6 +38,7 @@ from timewait.lab.experiments.base import (
     count_tw,
     counter_delta,
     counters,
+    kernel_hz,
     set_sysctls,
 )
 from timewait.lab.experiments.registry import register
@@ -201,7 +202,7 @@ def run_http_pooling(p: dict[str, ParamValue], progress: Progress) -> LabResult:
                 loopback=True,
                 sample_every=SEC // 2,
             )
-        m = simulate(cfg, wl, rng=random.Random(1))
+        m = simulate(cfg, wl, rng=random.Random(1), timer_hz=kernel_hz())
         n_requests = round(rate * duration)
         model[kind] = {
             "requests": m.connections if kind == "requests.get" else n_requests,
@@ -406,7 +407,7 @@ def run_nginx_keepalive(p: dict[str, ParamValue], progress: Progress) -> LabResu
                 client_closes_first=False,  # the backend answers and closes first
                 loopback=True,
             )
-        m = simulate(KernelConfig(), wl, rng=random.Random(1))
+        m = simulate(KernelConfig(), wl, rng=random.Random(1), timer_hz=kernel_hz())
         model[name] = {
             "requests": round(rate * duration),
             "failures": m.failures,

@@ -615,6 +615,7 @@ def run_linger_zero(p: dict[str, ParamValue], seed: int) -> ScenarioResult:
         client = RequestClient(
             b.net, b.client, dests=[(SERVER_IP, PORT)], interval=100 * MS, count=n,
             linger_zero=linger, request=b"x" * size, close_after_send=True,
+            close_delay=int(float(p["close_delay_ms"]) * MS),
         )  # fmt: skip
         b.net.run(n * 100 * MS + 5 * SEC)
         got = sum(len(v) for v in server.received.values())
@@ -656,6 +657,15 @@ register(
                 help="bytes written just before close() (KiB)",
                 min=1,
                 max=4096,
+            ),
+            Param(
+                name="close_delay_ms",
+                default=0.0,
+                help="time from the last write to close(); 0 closes at once, so the peer's "
+                "ACK of the data meets a closed port and draws a second RST. On loopback the "
+                "kernel handles that ACK inside send(), which a delay of 1 ms reproduces",
+                min=0,
+                max=10_000,
             ),
         ),
         run_fn=run_linger_zero,
