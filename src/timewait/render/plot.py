@@ -74,11 +74,15 @@ def plot_result(result: ScenarioResult, path: str | Path) -> Path:
 
     fig = Figure(figsize=(10, 2.6 * len(metrics) + 1.2), layout="constrained")
     axes = fig.subplots(len(metrics), 1, sharex=True, squeeze=False)[:, 0]
+    # One colour per variant across all panels, so "model" is the same colour everywhere.
+    colors = {v: f"C{i % 10}" for i, v in enumerate(result.series)}
     for ax, metric in zip(axes, metrics, strict=True):
         for variant, series in result.series.items():
             if metric in series:
                 times, values = series[metric]
-                ax.plot(list(times), list(values), label=variant, linewidth=1.4)
+                ax.plot(
+                    list(times), list(values), label=variant, linewidth=1.4, color=colors[variant]
+                )
         ax.set_ylabel(LABELS.get(metric, metric.replace("_", " ")))
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize="small", loc="best")

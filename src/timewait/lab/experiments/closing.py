@@ -264,9 +264,9 @@ def run_lost_final_ack(p: dict[str, ParamValue], progress: Progress) -> LabResul
             "peer_resets",
         ],
         notes={
-            "rsts_sent": "model: the app's close() runs before the peer's ACK of the data "
-            "arrives, even on a 0-delay link, so that ACK meets a closed port and draws a "
-            "second RST; on loopback the kernel delivers the ACK inside send(), so one RST",
+            "rsts_sent": "loopback delivers the peer's ACK of the data inside send(), before "
+            "close(); the model closes 1 ms after the write for the same order (closing at "
+            "once, the ACK would meet a closed port and draw a second RST)",
             "aborts": "kernel: TcpExt TCPAbortOnData (__tcp_close(), SO_LINGER {1,0})",
         },
     )
