@@ -201,6 +201,9 @@ def populate(spec: PopulationSpec) -> tuple[Expected, list[Any]]:
         cw.add(_quad(s))
         c.close()  # orphaned: FIN sent and ACKed -> FIN_WAIT2 minisocket; s never closes
         keep.append(s)
+    # The peer ACKs our FIN late: CLOSE_WAIT enters pingpong mode and delays the ACK (tcp_fin(),
+    # up to TCP_DELACK_MAX = 200 ms). Until it arrives the orphans sit in FIN_WAIT1, so wait.
+    _wait_no_fin_wait1(port, 2.0)
     expected = Expected(
         time_wait=frozenset(tw),
         fin_wait2=frozenset(fw2),
@@ -214,6 +217,18 @@ def populate(spec: PopulationSpec) -> tuple[Expected, list[Any]]:
         made_at=time.monotonic(),
     )
     return expected, keep
+
+
+def _wait_no_fin_wait1(port: int, timeout: float) -> None:
+    """Poll this namespace's /proc/net/tcp until no socket toward `port` is in FIN_WAIT1 (04)."""
+    deadline = time.monotonic() + timeout
+    hexport = f"{port:04X}"
+    while time.monotonic() < deadline:
+        with open("/proc/net/tcp") as f:
+            rows = f.read().splitlines()[1:]
+        if not any(r.split()[2].endswith(":" + hexport) and r.split()[3] == "04" for r in rows):
+            return
+        time.sleep(0.01)
 
 
 def populated(name: str, spec: PopulationSpec | None = None) -> NetnsProcess:
