@@ -21,6 +21,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TextIO
 
+from timewait.render.numbers import format_value
+
 TOLERANCE: Final = 0.05
 OK: Final = "ok"
 DEFECT: Final = "MODEL DEFECT"
@@ -108,20 +110,6 @@ def defects(rows: Sequence[Row]) -> list[Row]:
     return [r for r in rows if r.defect]
 
 
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        if value.is_integer() and abs(value) < 1e12:
-            return f"{int(value):,}"
-        return f"{value:,.3f}".rstrip("0").rstrip(".")
-    return str(value)
-
-
 def _fmt_err(err: float) -> str:
     return "inf" if math.isinf(err) else f"{100 * err:.1f}%"
 
@@ -130,7 +118,14 @@ def render(rows: Sequence[Row], out: TextIO) -> None:
     """A plain-text table (fixed columns, no colour, so it reads the same in a log)."""
     head = ("variant", "metric", "kernel", "model", "error", "status")
     cells = [
-        (r.variant, r.metric, _fmt(r.kernel), _fmt(r.model), _fmt_err(r.rel_error), r.status)
+        (
+            r.variant,
+            r.metric,
+            format_value(r.kernel),
+            format_value(r.model),
+            _fmt_err(r.rel_error),
+            r.status,
+        )
         for r in rows
     ]
     widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in

@@ -53,7 +53,7 @@ from timewait.model.events import (
     Event,
     PeerClosed,
 )
-from timewait.model.segment import Flags, FourTuple, Segment
+from timewait.model.segment import Flags, FourTuple, Segment, reset_reply
 from timewait.model.seq import MASK, seq_add, seq_diff, seq_gt, seq_in_window, seq_le, seq_lt
 from timewait.model.states import TcpState
 from timewait.model.transitions import Input, lookup
@@ -547,23 +547,7 @@ class Connection:
         """K tcp_ipv4.c tcp_v4_send_reset() answering `seg` (never answers an RST, no TS)."""
         if seg.rst:
             return
-        t = self.tuple
-        if seg.has_ack:
-            seq, ack, flags = seg.ack, 0, Flags.RST
-        else:
-            seq, ack, flags = 0, seq_add(seg.seq, seg.seg_len), Flags.RST | Flags.ACK
-        self._emit(
-            Segment(
-                src=t.laddr,
-                sport=t.lport,
-                dst=t.raddr,
-                dport=t.rport,
-                seq=seq,
-                ack=ack,
-                flags=flags,
-                window=0,
-            )
-        )
+        self._emit(reset_reply(seg))
         self.counters[C.OUT_RSTS] += 1
 
     def _transmit(self, item: _Sent, now: int) -> None:

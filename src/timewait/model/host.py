@@ -53,7 +53,7 @@ from timewait.model.counters import Counters
 from timewait.model.events import Event
 from timewait.model.minisock import MiniSocket, TwVerdict, arm_counter, tw_overflow
 from timewait.model.ports import PortTable, parse_ip_local_port_range
-from timewait.model.segment import Flags, FourTuple, Segment
+from timewait.model.segment import FourTuple, Segment, reset_reply
 from timewait.model.states import TcpState
 from timewait.model.timerwheel import fires_at
 from timewait.units import MS
@@ -602,21 +602,11 @@ class Host:
             self._schedule(tw.tuple, self._tw_fires(tw, now))
 
     def _send_reset(self, seg: Segment) -> None:
-        """tcp_v4_send_reset(): never answer an RST; ACK -> RST seq=ack; else RST|ACK."""
+        """tcp_v4_send_reset() for a segment no socket wants; never answers an RST."""
         if seg.rst:
             return
-        if seg.has_ack:
-            rst = Segment(
-                src=seg.dst, sport=seg.dport, dst=seg.src, dport=seg.sport, seq=seg.ack,
-                flags=Flags.RST, window=0,
-            )  # fmt: skip
-        else:
-            rst = Segment(
-                src=seg.dst, sport=seg.dport, dst=seg.src, dport=seg.sport, seq=0,
-                ack=(seg.seq + seg.seg_len) & 0xFFFFFFFF, flags=Flags.RST | Flags.ACK, window=0,
-            )  # fmt: skip
         self.counters[C.OUT_RSTS] += 1
-        self._out.append(rst)
+        self._out.append(reset_reply(seg))
 
     def _after(self, conn: Connection, now: int) -> None:
         """Collect output and apply the table changes a connection asked for."""

@@ -59,7 +59,7 @@ from timewait.config import TCP_PAWS_MSL, TCP_TIMEWAIT_LEN, KernelConfig, Profil
 from timewait.errors import ModelError, ProfileError
 from timewait.model import counters as C
 from timewait.model.clock import tsval as clock_tsval
-from timewait.model.segment import Flags, FourTuple, Segment
+from timewait.model.segment import Flags, FourTuple, Segment, reset_reply
 from timewait.model.seq import MASK, seq_add, seq_diff, seq_lt
 from timewait.model.states import TcpState
 from timewait.units import MS, SEC
@@ -594,7 +594,7 @@ class MiniSocket:
             return TwResult(verdict=TwVerdict.ACK, kind=kind, rule=rule, reply=self.ack_for(now))
 
         if action.kill:
-            reply = _reset_for(seg) if action.verdict is TwVerdict.RST else None
+            reply = reset_reply(seg) if action.verdict is TwVerdict.RST else None
             return TwResult(verdict=action.verdict, kind=kind, rule=rule, reply=reply, killed=True)
 
         if action.restart_timer:
@@ -619,7 +619,7 @@ class MiniSocket:
                 return TwResult(verdict=TwVerdict.SUCCESS, kind=kind, rule=rule)
             return TwResult(verdict=TwVerdict.ACK, kind=kind, rule=rule, reply=self.ack_for(now))
         if action.verdict is TwVerdict.RST:
-            return TwResult(verdict=TwVerdict.RST, kind=kind, rule=rule, reply=_reset_for(seg))
+            return TwResult(verdict=TwVerdict.RST, kind=kind, rule=rule, reply=reset_reply(seg))
         return TwResult(verdict=TwVerdict.SUCCESS, kind=kind, rule=rule)
 
     def ack_for(self, now: int) -> Segment:
@@ -768,20 +768,6 @@ def classify_fin_wait2(
     if not seg.fin or end_seq != seq_add(rcv_nxt, 1):
         return SegmentKind.FW2_NEW_DATA
     return SegmentKind.FW2_FIN_AT_RCV_NXT
-
-
-def _reset_for(seg: Segment) -> Segment:
-    """K tcp_ipv4.c tcp_v4_send_reset() (RFC 9293 §3.10.7.1 form): ACK set -> <SEQ=SEG.ACK><RST>,
-    else <SEQ=0><ACK=SEG.SEQ+SEG.LEN><RST,ACK>. No timestamp option, window 0."""
-    if seg.has_ack:
-        return Segment(
-            src=seg.dst, sport=seg.dport, dst=seg.src, dport=seg.sport,
-            seq=seg.ack, flags=Flags.RST, window=0,
-        )  # fmt: skip
-    return Segment(
-        src=seg.dst, sport=seg.dport, dst=seg.src, dport=seg.sport,
-        seq=0, ack=seq_add(seg.seq, seg.seg_len), flags=Flags.RST | Flags.ACK, window=0,
-    )  # fmt: skip
 
 
 # -- creation-time rules --------------------------------------------------------------------------

@@ -115,3 +115,18 @@ class Segment:
             f"{self.src}:{self.sport} > {self.dst}:{self.dport} [{self.flags}] "
             f"seq={self.seq} ack={self.ack}{data}{ts}"
         )
+
+
+def reset_reply(seg: Segment) -> Segment:
+    """The RST that answers `seg` where no socket wants it (K tcp_ipv4.c tcp_v4_send_reset(),
+    RFC 9293 §3.10.7.1): ACK set -> <SEQ=SEG.ACK><RST>, else <SEQ=0><ACK=SEG.SEQ+SEG.LEN>
+    <RST,ACK>. No timestamp option, window 0. Callers never answer an RST with one."""
+    if seg.has_ack:
+        return Segment(
+            src=seg.dst, sport=seg.dport, dst=seg.src, dport=seg.sport,
+            seq=seg.ack, flags=Flags.RST, window=0,
+        )  # fmt: skip
+    return Segment(
+        src=seg.dst, sport=seg.dport, dst=seg.src, dport=seg.sport,
+        seq=0, ack=(seg.seq + seg.seg_len) & 0xFFFFFFFF, flags=Flags.RST | Flags.ACK, window=0,
+    )  # fmt: skip

@@ -19,6 +19,7 @@ from typing import Any, TextIO
 
 import click
 
+from timewait.render.numbers import format_value
 from timewait.sim.scenario import ScenarioResult, get, load_catalog
 
 
@@ -40,21 +41,6 @@ def parse_set_options(values: Sequence[str]) -> dict[str, str]:
             )
         out[key.strip()] = value.strip()
     return out
-
-
-def format_value(value: Any) -> str:
-    """Human form of one result value: thousands separators, '-' for none, yes/no."""
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        if value.is_integer() and abs(value) < 1e15:
-            return f"{int(value):,}"
-        return f"{value:,.3f}".rstrip("0").rstrip(".") if abs(value) < 1e6 else f"{value:,.0f}"
-    return str(value)
 
 
 def render_table(result: ScenarioResult, out: TextIO, *, width: int | None = None) -> None:
