@@ -1,6 +1,7 @@
 """The HTTP side and the `timewait exporter` command: --listen parsing, one-line errors for
 everything a user can get wrong (with their exit statuses), serving /metrics, and a clean stop
-on SIGTERM and Ctrl-C. Traffic stays on 127.0.0.1; no root needed.
+on SIGTERM and Ctrl-C. Traffic stays on the loopback of a namespace the tests make
+(conftest.py), so these tests need root.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from timewait.status import ExitStatus
 from ..doctor.helpers import S1, C, snap, tws
 
 TIMEWAIT = str(Path(sys.executable).with_name("timewait"))
+
+pytestmark = pytest.mark.root  # the private namespace of conftest.py needs setns()
 
 
 @pytest.mark.parametrize(
