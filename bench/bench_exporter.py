@@ -9,11 +9,14 @@ in one run, while every TIME_WAIT is alive (they last 60 s):
   - `ip netns exec NS sh -c 'ss -tan state time-wait | wc -l'` (the reference), and the ratio.
 Best and median of N wall times. The exporter's TIME_WAIT count is printed next to ss's so both
 are seen to answer about the same table. Needs root (namespaces); without it, says so.
-All HTTP goes to 127.0.0.1 of this namespace; the namespace and the exporter are removed after.
+All HTTP goes to 127.0.0.1 of a second throwaway namespace that this benchmark's thread enters
+(the network rule: never the machine's own loopback); both namespaces and the exporter are
+removed after.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -24,7 +27,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -124,6 +127,22 @@ def _process(ns: str, log: Path) -> list[str]:
             p.wait()
 
 
+@contextlib.contextmanager
+def _inside(ns: str) -> Iterator[None]:
+    """This thread (and the threads and processes it starts) in namespace `ns` for the body."""
+    from timewait.live.netns import setns
+
+    back = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+    try:
+        setns(target)
+        yield
+    finally:
+        setns(back)
+        os.close(back)
+        os.close(target)
+
+
 def main() -> list[str]:
     sys.path.insert(0, str(ROOT / "src"))
     from timewait.lab.namespaces import LabUnavailable, throwaway_netns
@@ -137,7 +156,12 @@ def main() -> list[str]:
         return ["skipped: prometheus_client is not installed"]
     lines: list[str] = []
     try:
-        with tempfile.TemporaryDirectory(prefix="timewait-bench-") as tmp, throwaway_netns() as ns:
+        with (
+            tempfile.TemporaryDirectory(prefix="timewait-bench-") as tmp,
+            throwaway_netns() as ns,
+            throwaway_netns() as http_ns,
+            _inside(http_ns),
+        ):
             built = mass_time_wait(ns, N_SOCKETS)
             t_start = time.monotonic()
             lines.append(f"population: {N_SOCKETS:,} client TIME_WAIT in {built:.1f} s")
