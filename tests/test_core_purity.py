@@ -8,7 +8,16 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "timewait"
-CORE = [SRC / "config.py", SRC / "units.py", *sorted((SRC / "model").rglob("*.py"))]
+# DESIGN.md: the core (config, model, sim, doctor) never imports socket, subprocess or the
+# clock. sim/command.py is the `sim` command's CLI layer (it may print and write plot files),
+# not core.
+CORE = [
+    SRC / "config.py",
+    SRC / "units.py",
+    *sorted((SRC / "model").rglob("*.py")),
+    *sorted(p for p in (SRC / "sim").rglob("*.py") if p.name != "command.py"),
+    *sorted((SRC / "doctor").rglob("*.py")),
+]
 FORBIDDEN = {"socket", "subprocess", "time", "datetime", "os", "threading", "asyncio", "select"}
 
 
