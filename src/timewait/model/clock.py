@@ -60,8 +60,22 @@ class HostClocks:
         """64-bit starting point for connect()'s port search (K secure_ipv4_port_ephemeral()).
 
         The hash covers jiffies / (10 * HZ), so the start for a destination reshuffles every 10 s.
+        Jiffies do not start at model time 0: the phase of that 10 s boundary is drawn from the
+        host's secret (a booted kernel's jiffies are arbitrary), so whether a short run crosses a
+        reshuffle varies with the seed, as it varies between runs on a real machine.
         """
-        return _hash64(self.secret, "port", laddr, raddr, rport, now // (10 * 1000 * MS))
+        return _hash64(
+            self.secret, "port", laddr, raddr, rport, (now + self.jiffies_phase) // _RESALT
+        )
+
+    @property
+    def jiffies_phase(self) -> int:
+        """Offset (ns, below 10 s) of the model's clock against the 10 s re-salt boundaries."""
+        return _hash64(self.secret, "jiffies") % _RESALT
+
+
+# K secure_seq.c secure_ipv4_port_ephemeral(): jiffies / (10 * HZ), a 10 s re-salt period.
+_RESALT = 10 * 1000 * MS
 
 
 def tsval(now: int, offset: int) -> int:
