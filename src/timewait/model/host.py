@@ -645,6 +645,7 @@ class Host:
         ft = conn.tuple
         owner = self._owner.pop(ft)
         del self.ehash[ft]
+        self._hist_seen.pop(ft, None)
         if tw_overflow(self._tw_count, self.config):
             # inet_twsk_alloc() returned NULL: no wait at all, the tuple is free (ref 5).
             self.counters[C.TIME_WAIT_OVERFLOW] += 1
@@ -700,6 +701,7 @@ class Host:
         ft = conn.tuple
         del self.ehash[ft]
         self._scheduled.pop(ft, None)
+        self._hist_seen.pop(ft, None)
         owner = self._owner.pop(ft, None)
         if owner is None:
             return
