@@ -118,7 +118,11 @@ def test_who_closes_first_puts_time_wait_on_the_active_closer() -> None:
     r = _run("who-closes-first")
     c, s = r.kernel["client closes first"], r.kernel["server closes first"]
     assert c["server_time_wait"] == 0 and c["client_time_wait"] == c["connections"]
-    assert s["client_time_wait"] == 0 and s["server_time_wait"] == s["connections"]
+    assert s["client_time_wait"] == 0
+    # Not always every one: after the 10 s re-salt of the port search, a new SYN from a port whose
+    # four-tuple still sits in the server's TIME_WAIT takes it over (TCP_TW_SYN, ref 1.3/1.6);
+    # seen here as 397 of 400 in one run, as with nginx-keepalive.
+    assert 0.9 * s["connections"] <= s["server_time_wait"] <= s["connections"]
 
 
 def test_bind_before_connect_locks_a_port_per_connection() -> None:
