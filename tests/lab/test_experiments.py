@@ -143,6 +143,9 @@ def test_http_pooling_session_and_pool_open_one_connection() -> None:
 def test_nginx_upstream_keepalive_removes_backend_time_wait() -> None:
     r = _run("nginx-keepalive")
     no, ka = r.kernel["no upstream keepalive"], r.kernel["upstream keepalive 16"]
-    assert no["time_wait_toward_backend"] == no["backend_connections"] == 400
+    assert no["backend_connections"] == 400
+    # The backend closes first; a new SYN may take one of its TIME_WAITs over (TCP_TW_SYN), so
+    # a few may be missing (934-1000 of 1000 seen in full runs).
+    assert 0.9 * 400 <= no["time_wait_toward_backend"] <= 400
     assert ka["time_wait_toward_backend"] == 0
     assert not list(Path("/tmp").glob(f"timewait-lab-{__import__('os').getpid()}-*"))
