@@ -22,7 +22,13 @@ pytestmark = pytest.mark.root
 
 # (experiment, variant, metric): model defects found by the lab and handed to the lead
 # (README-lab.md "Model defects"); the output must keep saying MODEL DEFECT until fixed.
-KNOWN_DEFECTS: set[tuple[str, str, str]] = set()  # none open; the suite fails on any new one
+KNOWN_DEFECTS: set[tuple[str, str, str]] = {
+    # The one open item: server-side TIME_WAITs taken over by a new SYN (TCP_TW_SYN) after the
+    # port search's 10 s re-salt happen on the kernel in some runs and not others (934-1000 of
+    # 1000); a single run against a single model run can differ by > 5%. Reported, not hidden.
+    ("nginx-keepalive", "no upstream keepalive", "time_wait_toward_backend"),
+    ("who-closes-first", "server closes first", "server_time_wait"),
+}
 
 
 def _run(name: str) -> LabResult:
