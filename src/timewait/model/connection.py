@@ -53,13 +53,32 @@ from timewait.model.events import (
     Event,
     PeerClosed,
 )
-from timewait.model.segment import Flags, FourTuple, Segment, reset_reply
+from timewait.model.segment import FIN_ACK, RST_ACK, SYN_ACK, Flags, FourTuple, Segment, reset_reply
 from timewait.model.seq import MASK, seq_add, seq_diff, seq_gt, seq_in_window, seq_le, seq_lt
 from timewait.model.states import TcpState
 from timewait.model.transitions import Input, lookup
 from timewait.units import MS, SEC
 
-S = TcpState
+# Enum member access (TcpState.X) is a metaclass attribute lookup on every use, 5% of a
+# packet-level run under mypyc (perf); Final module names compile to C statics.
+CLOSED: Final = TcpState.CLOSED
+LISTEN: Final = TcpState.LISTEN
+SYN_SENT: Final = TcpState.SYN_SENT
+SYN_RECEIVED: Final = TcpState.SYN_RECEIVED
+ESTABLISHED: Final = TcpState.ESTABLISHED
+FIN_WAIT_1: Final = TcpState.FIN_WAIT_1
+FIN_WAIT_2: Final = TcpState.FIN_WAIT_2
+CLOSE_WAIT: Final = TcpState.CLOSE_WAIT
+CLOSING: Final = TcpState.CLOSING
+LAST_ACK: Final = TcpState.LAST_ACK
+TIME_WAIT: Final = TcpState.TIME_WAIT
+# Field-less events are values: one shared instance each instead of a constructor call.
+_EV_CLOSED: Final = Closed()
+_EV_CONNECTED: Final = Connected()
+_EV_CONNECTIONREFUSED: Final = ConnectionRefused()
+_EV_CONNECTIONRESET: Final = ConnectionReset()
+_EV_CONNECTIONTIMEDOUT: Final = ConnectionTimedOut()
+_EV_PEERCLOSED: Final = PeerClosed()
 
 # include/net/tcp.h: TCP_TIMEOUT_INIT (1*HZ), RFC 6298 §2.1 initial RTO.
 TCP_TIMEOUT_INIT: Final = 1 * SEC
@@ -82,23 +101,29 @@ TCP_PAWS_WINDOW: Final = 1
 TCP_PAWS_WRAP: Final = (2**31 - 1) // 1_000_000 * SEC
 
 # K tcp.c tcp_need_reset(): states in which tcp_disconnect() sends a RST.
-_NEED_RESET: Final = frozenset(
-    {S.ESTABLISHED, S.CLOSE_WAIT, S.FIN_WAIT_1, S.FIN_WAIT_2, S.SYN_RECEIVED}
-)
+_NEED_RESET: Final = frozenset({ESTABLISHED, CLOSE_WAIT, FIN_WAIT_1, FIN_WAIT_2, SYN_RECEIVED})
 # States in which queued application data (and the FIN behind it) may be transmitted.
-_CAN_TRANSMIT: Final = frozenset({S.ESTABLISHED, S.CLOSE_WAIT, S.FIN_WAIT_1, S.LAST_ACK, S.CLOSING})
+_CAN_TRANSMIT: Final = frozenset({ESTABLISHED, CLOSE_WAIT, FIN_WAIT_1, LAST_ACK, CLOSING})
 # K tcp_input.c tcp_reset_check(): after the peer's FIN, an RST at rcv_nxt - 1 is also exact.
-_FIN_RECEIVED: Final = frozenset({S.CLOSE_WAIT, S.LAST_ACK, S.CLOSING})
+_FIN_RECEIVED: Final = frozenset({CLOSE_WAIT, LAST_ACK, CLOSING})
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class _Sent:
     """A segment's worth of sequence space awaiting acknowledgement (the retransmit queue)."""
 
     seq: int
-    payload: bytes = b""
-    syn: bool = False
-    fin: bool = False
+    payload: bytes
+    syn: bool
+    fin: bool
+
+    def __init__(
+        self, seq: int, payload: bytes = b"", syn: bool = False, fin: bool = False
+    ) -> None:
+        self.seq = seq  # explicit: mypyc compiles this, not a dataclass-generated __init__
+        self.payload = payload
+        self.syn = syn
+        self.fin = fin
 
     @property
     def end(self) -> int:
@@ -136,6 +161,7 @@ class Connection:
         ts_recent: int | None = None,
         ts_recent_stamp: int | None = None,
         name: str = "",
+        counters: Counters | None = None,
     ) -> None:
         if not 0 <= iss <= MASK:
             raise ModelError(f"iss {iss} is not a 32-bit sequence number")
@@ -150,9 +176,10 @@ class Connection:
         self.rto_initial = rto_initial
         self.iss = iss
         self.ts_offset = ts_offset
-        self.state: TcpState = S.CLOSED
+        self.state: TcpState = CLOSED
         self.history = []
-        self.counters: Counters = Counters()
+        # The host passes its namespace's counters; a fresh Counter costs ~1 us (interpreted).
+        self.counters: Counters = Counters() if counters is None else counters
         # Set by the application before close() (SO_LINGER {1,0}; TCP_LINGER2 in ns).
         self.linger_zero = False
         self.linger2: int | None = None
@@ -211,6 +238,7 @@ class Connection:
         now: int,
         mss: int = 1460,
         rcv_wnd: int = 65535,
+        counters: Counters | None = None,
     ) -> Connection:
         """Passive open from a listener: a connection in SYN_RECEIVED with its SYN-ACK queued.
 
@@ -229,8 +257,9 @@ class Connection:
             ts_offset=ts_offset,
             mss=mss,
             rcv_wnd=rcv_wnd,
+            counters=counters,
         )
-        conn.state = S.LISTEN  # born from the listener; the next line records the passive open
+        conn.state = LISTEN  # born from the listener; the next line records the passive open
         conn._passive = True
         conn.irs = syn.seq
         conn.rcv_nxt = seq_add(syn.seq, 1)
@@ -277,8 +306,8 @@ class Connection:
         was_orphan, self.orphaned = self.orphaned, True
         unread = len(self._rcv_buf)
         self._rcv_buf.clear()
-        if self.state is S.CLOSED or was_orphan:
-            if self.state is S.CLOSED:
+        if self.state is CLOSED or was_orphan:
+            if self.state is CLOSED:
                 self._transition(Input.APP_CLOSE, now)
             return
         if unread:
@@ -294,7 +323,7 @@ class Connection:
             self._disconnect(now)
             return
         self._half_close(now)
-        if self.state is S.FIN_WAIT_2:
+        if self.state is FIN_WAIT_2:
             # Closed after shutdown(SHUT_WR) already reached FIN_WAIT_2 (__tcp_close()).
             if self.linger2 is not None and self.linger2 < 0:
                 self.counters[C.ABORT_ON_LINGER] += 1
@@ -310,7 +339,7 @@ class Connection:
 
     def abort(self, now: int) -> None:
         """tcp_disconnect(): RST in the tcp_need_reset() states, straight to CLOSED (ref 8)."""
-        if self.state is S.CLOSED or self.pending_minisock is not None:
+        if self.state is CLOSED or self.pending_minisock is not None:
             return
         self._disconnect(now)
 
@@ -318,12 +347,13 @@ class Connection:
 
     def receive(self, seg: Segment, now: int) -> None:
         """Process one arriving segment addressed to this connection."""
-        if self.state in (S.CLOSED, S.LISTEN) or self.pending_minisock is not None:
+        if self.state in (CLOSED, LISTEN) or self.pending_minisock is not None:
             raise IllegalTransition(self.state, f"segment {seg} for a closed/handed-off socket")
-        self.counters[C.IN_SEGS] += 1
-        if self.state is S.SYN_SENT:
+        # InSegs/OutSegs are the host's to count (tcp_v4_rcv(), tcp_transmit_skb()): every
+        # segment crosses the host, which also counts the ones no connection sees.
+        if self.state is SYN_SENT:
             self._rcv_syn_sent(seg, now)
-        elif self.state is S.SYN_RECEIVED and self._rcv_syn_received(seg, now):
+        elif self.state is SYN_RECEIVED and self._rcv_syn_received(seg, now):
             pass
         else:
             self._rcv_synchronized(seg, now)
@@ -331,7 +361,6 @@ class Connection:
     def segments_to_send(self, now: int) -> list[Segment]:
         """Drain the output queue (TSvals were taken when each segment was queued)."""
         out, self._out = self._out, []
-        self.counters[C.OUT_SEGS] += len(out)
         return out
 
     def next_event(self) -> Event | None:
@@ -339,14 +368,17 @@ class Connection:
 
     def next_deadline(self) -> int | None:
         """Absolute time on_timer() has something to do, or None."""
-        if self.state is S.CLOSED or self.pending_minisock is not None:
+        if self.state is CLOSED or self.pending_minisock is not None:
             return None
-        times = [t for t in (self._rto_at, self._fw2_at, self._delack_at) if t is not None]
-        return min(times) if times else None
+        best = self._rto_at
+        for t in (self._fw2_at, self._delack_at):
+            if t is not None and (best is None or t < best):
+                best = t
+        return best
 
     def on_timer(self, now: int) -> None:
         """Run whatever timer is due at `now`; calling early does nothing."""
-        if self.state is S.CLOSED or self.pending_minisock is not None:
+        if self.state is CLOSED or self.pending_minisock is not None:
             return
         if self._rto_at is not None and now >= self._rto_at:
             self._on_rto(now)
@@ -367,12 +399,12 @@ class Connection:
             return
         self.history.append((now, old, new))
         self.state = new
-        if new is S.CLOSED:
+        if new is CLOSED:
             # K tcp.c tcp_set_state(): EstabResets counts every ESTABLISHED/CLOSE_WAIT -> CLOSE;
             # K tcp_input.c tcp_done(): AttemptFails for SYN_SENT/SYN_RECV -> CLOSE.
-            if old in (S.ESTABLISHED, S.CLOSE_WAIT):
+            if old in (ESTABLISHED, CLOSE_WAIT):
                 self.counters[C.ESTAB_RESETS] += 1
-            elif old in (S.SYN_SENT, S.SYN_RECEIVED):
+            elif old in (SYN_SENT, SYN_RECEIVED):
                 self.counters[C.ATTEMPT_FAILS] += 1
 
     def _finish(self) -> None:
@@ -380,11 +412,11 @@ class Connection:
         self._rto_at = self._fw2_at = self._delack_at = None
         self._rtx.clear()
         self._unsent.clear()
-        self._events.append(Closed())
+        self._events.append(_EV_CLOSED)
 
     def _hand_off(self, substate: TcpState, timeout: int) -> None:
         """Linux tcp_time_wait(): a minisocket replaces this socket (ref 1.2)."""
-        if substate is S.TIME_WAIT:
+        if substate is TIME_WAIT:
             # tcp_time_wait(): "if (state == TCP_TIME_WAIT) timeo = TCP_TIMEWAIT_LEN"; the
             # rfc9293 profile waits 2*MSL instead (profile.time_wait_len).
             timeout = self.profile.time_wait_len
@@ -401,10 +433,10 @@ class Connection:
             return
         old = self.state
         self._transition(Input.APP_CLOSE, now)
-        if self.state is S.CLOSED:  # SYN_SENT: just forget the connection, nothing is sent
+        if self.state is CLOSED:  # SYN_SENT: just forget the connection, nothing is sent
             self._finish()
             return
-        if old in (S.ESTABLISHED, S.SYN_RECEIVED, S.CLOSE_WAIT):
+        if old in (ESTABLISHED, SYN_RECEIVED, CLOSE_WAIT):
             self._fin_queued = True
             self._push(now)
 
@@ -426,9 +458,9 @@ class Connection:
     # -- timers -----------------------------------------------------------------------------
 
     def _retry_limit(self) -> int:
-        if self.state is S.SYN_SENT:
+        if self.state is SYN_SENT:
             return self.config.tcp_syn_retries
-        if self.state is S.SYN_RECEIVED:
+        if self.state is SYN_RECEIVED:
             return TCP_SYNACK_RETRIES
         return TCP_ORPHAN_RETRIES if self.orphaned else TCP_RETRIES2
 
@@ -440,7 +472,7 @@ class Connection:
         if self._retransmits >= self._retry_limit():
             # tcp_write_timeout() -> tcp_write_err(): ETIMEDOUT, no RST is sent.
             self.counters[C.ABORT_ON_TIMEOUT] += 1
-            self._events.append(ConnectionTimedOut())
+            self._events.append(_EV_CONNECTIONTIMEDOUT)
             self._transition(Input.TIMEOUT, now)
             self._finish()
             return
@@ -466,17 +498,17 @@ class Connection:
         if tmo > TCP_TIMEWAIT_LEN:
             self._fw2_at = now + tmo - TCP_TIMEWAIT_LEN
         else:
-            self._hand_off(S.FIN_WAIT_2, tmo)
+            self._hand_off(FIN_WAIT_2, tmo)
 
     def _on_fin_wait2_timer(self, now: int) -> None:
         """K tcp_timer.c tcp_keepalive_timer(), FIN_WAIT2 branch (ref 2.2, Lab E15)."""
         self._fw2_at = None
-        if self.state is not S.FIN_WAIT_2 or not self.orphaned:
+        if self.state is not FIN_WAIT_2 or not self.orphaned:
             return
         if self.linger2 is None or self.linger2 >= 0:
             tmo = self.fin_time() - TCP_TIMEWAIT_LEN
             if tmo > 0:
-                self._hand_off(S.FIN_WAIT_2, tmo)
+                self._hand_off(FIN_WAIT_2, tmo)
                 return
         self._send_active_rst(now)
         self._transition(Input.ORPHAN_ABORT, now)
@@ -506,10 +538,10 @@ class Connection:
     def _emit(self, seg: Segment) -> None:
         if seg.has_ack:
             self._delack_at = None  # whatever carries the ACK settles a delayed one
-        if seg.has_ack and not seg.rst:
-            # A later segment carries the same or newer acknowledgement: the pending pure ACK is
-            # redundant (what a delayed ACK achieves in Linux).
-            self._out = [s for s in self._out if not _is_pure_ack(s)]
+            if self._out and not seg.rst:
+                # A later segment carries the same or newer acknowledgement: the pending pure
+                # ACK is redundant (what a delayed ACK achieves in Linux).
+                self._out = [s for s in self._out if not _is_pure_ack(s)]
         self._out.append(seg)
 
     def _send_ack(self, now: int) -> None:
@@ -540,7 +572,7 @@ class Connection:
 
     def _send_active_rst(self, now: int) -> None:
         """K tcp_output.c tcp_send_active_reset(): RST|ACK at snd_nxt, with our TS options."""
-        self._emit(self._segment(now, seq=self.snd_nxt, flags=Flags.RST | Flags.ACK))
+        self._emit(self._segment(now, seq=self.snd_nxt, flags=RST_ACK))
         self.counters[C.OUT_RSTS] += 1
 
     def _reply_rst(self, seg: Segment) -> None:
@@ -565,9 +597,9 @@ class Connection:
     def _build(self, item: _Sent, now: int) -> Segment:
         if item.syn:
             # SYN from SYN_SENT; SYN-ACK once the peer's SYN is known (accept / simultaneous open).
-            flags = Flags.SYN | (Flags.ACK if self.irs is not None else Flags.NONE)
+            flags = SYN_ACK if self.irs is not None else Flags.SYN
         else:
-            flags = Flags.ACK | (Flags.FIN if item.fin else Flags.NONE)
+            flags = FIN_ACK if item.fin else Flags.ACK
         return self._segment(now, seq=item.seq, flags=flags, payload=item.payload)
 
     def _push(self, now: int) -> None:
@@ -647,7 +679,7 @@ class Connection:
                 return
             if seg.rst:
                 self._transition(Input.RCV_RST, now)
-                self._events.append(ConnectionRefused())
+                self._events.append(_EV_CONNECTIONREFUSED)
                 self._finish()
                 return
             if not seg.syn:
@@ -660,7 +692,7 @@ class Connection:
                 self._store_ts_recent(seg.tsval, now)  # tcp_store_ts_recent()
             self._on_new_ack(seg.ack, now)
             self._transition(Input.RCV_SYN_ACK, now)
-            self._events.append(Connected())
+            self._events.append(_EV_CONNECTED)
             self._send_ack(now)
             self._push(now)
             return
@@ -675,7 +707,7 @@ class Connection:
                 self.ts_enabled = True
                 self._store_ts_recent(seg.tsval, now)
             self._transition(Input.RCV_SYN, now)
-            self._emit(self._segment(now, seq=self.iss, flags=Flags.SYN | Flags.ACK))
+            self._emit(self._segment(now, seq=self.iss, flags=SYN_ACK))
 
     def _rcv_syn_received(self, seg: Segment, now: int) -> bool:
         """Request-socket checks (K tcp_minisocks.c tcp_check_req()).
@@ -726,7 +758,7 @@ class Connection:
         self._transition(Input.RCV_ACK_OF_SYN, now)
         if self._passive:
             self.counters[C.PASSIVE_OPENS] += 1
-        self._events.append(Connected())
+        self._events.append(_EV_CONNECTED)
         self._push(now)
 
     def _rcv_synchronized(self, seg: Segment, now: int) -> None:
@@ -753,7 +785,7 @@ class Connection:
             )
             if exact:
                 self._transition(Input.RCV_RST, now)
-                self._events.append(ConnectionReset())
+                self._events.append(_EV_CONNECTIONRESET)
                 self._finish()
             elif seq_in_window(seg.seq, self.rcv_nxt, self.rcv_wnd):
                 self._challenge_ack(seg, now)
@@ -788,15 +820,15 @@ class Connection:
         beyond = seg.seg_len != 0 and seq_gt(seq_add(end, -int(seg.fin)), self.rcv_nxt)
 
         st = self.state
-        if st is S.FIN_WAIT_1 and fin_acked:
+        if st is FIN_WAIT_1 and fin_acked:
             if fin_new and not (self.orphaned and beyond) and not self._linger2_negative():
                 # FIN+ACK of our FIN: straight to TIME_WAIT (RFC 9293 Fig. 5 note 2, ref 1.1).
                 self._accept_text(data, now)
                 self.rcv_nxt = seq_add(self.rcv_nxt, 1)
-                self._events.append(PeerClosed())
+                self._events.append(_EV_PEERCLOSED)
                 self._transition(Input.RCV_FIN_ACK_OF_FIN, now)
                 self._send_ack(now)
-                self._hand_off(S.TIME_WAIT, 0)
+                self._hand_off(TIME_WAIT, 0)
                 return
             self._transition(Input.RCV_ACK_OF_FIN, now)
             if self.orphaned:
@@ -807,11 +839,11 @@ class Connection:
                 self._orphan_fin_wait_2(now)
                 if self.pending_minisock is not None:
                     return
-        elif st is S.CLOSING and fin_acked:
+        elif st is CLOSING and fin_acked:
             self._transition(Input.RCV_ACK_OF_FIN, now)
-            self._hand_off(S.TIME_WAIT, 0)
+            self._hand_off(TIME_WAIT, 0)
             return
-        elif st is S.LAST_ACK and fin_acked:
+        elif st is LAST_ACK and fin_acked:
             self._transition(Input.RCV_ACK_OF_FIN, now)
             self._finish()
             return
@@ -840,8 +872,8 @@ class Connection:
         if fin_new:
             # K tcp_input.c tcp_fin().
             self.rcv_nxt = seq_add(self.rcv_nxt, 1)
-            self._events.append(PeerClosed())
-            if st is S.ESTABLISHED:
+            self._events.append(_EV_PEERCLOSED)
+            if st is ESTABLISHED:
                 self._transition(Input.RCV_FIN, now)
                 # K tcp_input.c tcp_fin(): CLOSE_WAIT enters pingpong mode, so the ACK of the FIN
                 # is delayed (__tcp_ack_snd_check() -> tcp_send_delayed_ack()); an application
@@ -850,12 +882,12 @@ class Connection:
                 self._delack_at = now + TCP_DELACK_MIN
                 self._push(now)
                 return
-            elif st is S.FIN_WAIT_1:
+            elif st is FIN_WAIT_1:
                 self._transition(Input.RCV_FIN, now)  # simultaneous close -> CLOSING
-            elif st is S.FIN_WAIT_2:
+            elif st is FIN_WAIT_2:
                 self._transition(Input.RCV_FIN, now)
                 self._send_ack(now)
-                self._hand_off(S.TIME_WAIT, 0)
+                self._hand_off(TIME_WAIT, 0)
                 return
         self._send_ack(now)
         self._push(now)

@@ -11,44 +11,50 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Not frozen: a frozen dataclass's generated __init__ stays interpreted under mypyc (setup.py).
+# Treat events as values all the same; the field-less ones are shared instances (connection.py).
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+
+@dataclass(slots=True, kw_only=True)
 class Event:
     """Base class of everything `Connection.next_event()` returns."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Connected(Event):
     """The three-way handshake completed: ESTABLISHED (connect() returns / accept() ready)."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True, init=False)
 class DataReceived(Event):
     """In-order bytes were delivered to the receive buffer (`Connection.read()` drains them)."""
 
     data: bytes
 
+    def __init__(self, *, data: bytes) -> None:  # compiled; a dataclass __init__ is not (mypyc)
+        self.data = data
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+
+@dataclass(slots=True, kw_only=True)
 class PeerClosed(Event):
     """The peer's FIN arrived in order: end of stream (recv() returns 0)."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class ConnectionReset(Event):
     """An acceptable RST arrived in a synchronized state (ECONNRESET)."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class ConnectionRefused(Event):
     """The SYN was answered by an RST acknowledging it (ECONNREFUSED)."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class ConnectionTimedOut(Event):
     """Retransmissions ran out (tcp_syn_retries / tcp_retries2 / tcp_orphan_retries: ETIMEDOUT)."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Closed(Event):
     """The connection reached CLOSED and holds nothing any more."""

@@ -35,7 +35,7 @@ import heapq
 import ipaddress
 import random
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from typing import Final
 
@@ -94,28 +94,62 @@ def wildcard_for(addr: str) -> str:
     return WILDCARD_V6 if ":" in addr else WILDCARD_V4
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, init=False)
 class Socket:
-    """A file descriptor's socket. It is the bind-bucket owner for its port (ports.PortOwner)."""
+    """A file descriptor's socket. It is the bind-bucket owner for its port (ports.PortOwner).
+
+    The __init__ is written out (not dataclass-generated) so that mypyc compiles it (setup.py).
+    """
 
     fd: int
-    uid: int = 0
-    reuseaddr: bool = False
-    reuseport: bool = False
-    linger_zero: bool = False
-    bind_address_no_port: bool = False
-    local_range: tuple[int, int] | None = None
-    linger2: int | None = None  # ns
-    bind_addr: str = WILDCARD_V4
-    lport: int = 0
-    user_bound_port: bool = False  # SOCK_BINDPORT_LOCK: explicit bind(port != 0)
-    listening: bool = False
-    conn: Connection | None = None
-    accept_queue: list[Socket] = field(default_factory=list)
-    parent: Socket | None = None
-    queued: bool = False  # an established child waiting in its listener's accept queue
-    fd_open: bool = True
-    port_held: bool = False
+    uid: int
+    reuseaddr: bool
+    reuseport: bool
+    linger_zero: bool
+    bind_address_no_port: bool
+    local_range: tuple[int, int] | None
+    linger2: int | None  # ns
+    bind_addr: str
+    lport: int
+    user_bound_port: bool  # SOCK_BINDPORT_LOCK: explicit bind(port != 0)
+    listening: bool
+    conn: Connection | None
+    accept_queue: list[Socket]
+    parent: Socket | None
+    queued: bool  # an established child waiting in its listener's accept queue
+    fd_open: bool
+    port_held: bool
+
+    def __init__(
+        self,
+        *,
+        fd: int,
+        uid: int = 0,
+        reuseaddr: bool = False,
+        reuseport: bool = False,
+        bind_addr: str = WILDCARD_V4,
+        lport: int = 0,
+        parent: Socket | None = None,
+        fd_open: bool = True,
+    ) -> None:
+        self.fd = fd
+        self.uid = uid
+        self.reuseaddr = reuseaddr
+        self.reuseport = reuseport
+        self.linger_zero = False
+        self.bind_address_no_port = False
+        self.local_range = None
+        self.linger2 = None
+        self.bind_addr = bind_addr
+        self.lport = lport
+        self.user_bound_port = False
+        self.listening = False
+        self.conn = None
+        self.accept_queue = []
+        self.parent = parent
+        self.queued = False
+        self.fd_open = fd_open
+        self.port_held = False
 
     @property
     def is_listener(self) -> bool:
@@ -316,6 +350,7 @@ class Host:
             ts_recent=takeover[1] if takeover else None,
             ts_recent_stamp=takeover[2] if takeover else None,
             name=f"{self.name}:{fd}",
+            counters=self.counters,
         )
         self._adopt(conn, s)
         conn.connect(now)
@@ -567,8 +602,8 @@ class Host:
             iss=isn if isn is not None else self.clocks.isn(ft, now),
             ts_offset=self.clocks.ts_offset(ft, self.config.tcp_timestamps),
             now=now,
+            counters=self.counters,
         )
-        conn.counters = self.counters
         child.conn = conn
         self._hist_seen[ft] = 0
         self.ehash[ft] = conn

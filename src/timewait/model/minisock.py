@@ -453,7 +453,7 @@ class TwResult:
     killed: bool = False
 
 
-@dataclass(slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True, init=False)
 class MiniSocket:
     """A TIME_WAIT or orphaned FIN_WAIT2 minisocket (struct tcp_timewait_sock).
 
@@ -473,10 +473,46 @@ class MiniSocket:
     entry_stamp: int  # tw_entry_stamp: creation, refreshed on a timestamped FIN in FIN_WAIT2
     expires: int  # deadline of tw_timer
     first_timeout: int  # timeout the timer was first armed with (TW vs TWKilled)
-    reuse: bool = False  # tw_reuse, copied from sk_reuse (SO_REUSEADDR)
-    reuseport: bool = False
-    uid: int = 0
-    last_oow_ack_time: int | None = None  # None: the kernel's tw_last_oow_ack_time == 0
+    reuse: bool  # tw_reuse, copied from sk_reuse (SO_REUSEADDR)
+    reuseport: bool
+    uid: int
+    last_oow_ack_time: int | None  # None: the kernel's tw_last_oow_ack_time == 0
+
+    def __init__(
+        self,
+        *,
+        tuple: FourTuple,
+        substate: TcpState,
+        rcv_nxt: int,
+        snd_nxt: int,
+        rcv_wnd: int,
+        ts_recent: int,
+        ts_recent_stamp: int | None,
+        ts_offset: int,
+        entry_stamp: int,
+        expires: int,
+        first_timeout: int,
+        reuse: bool = False,
+        reuseport: bool = False,
+        uid: int = 0,
+        last_oow_ack_time: int | None = None,
+    ) -> None:
+        # Written out so that mypyc compiles it (a dataclass-generated __init__ is not).
+        self.tuple = tuple
+        self.substate = substate
+        self.rcv_nxt = rcv_nxt
+        self.snd_nxt = snd_nxt
+        self.rcv_wnd = rcv_wnd
+        self.ts_recent = ts_recent
+        self.ts_recent_stamp = ts_recent_stamp
+        self.ts_offset = ts_offset
+        self.entry_stamp = entry_stamp
+        self.expires = expires
+        self.first_timeout = first_timeout
+        self.reuse = reuse
+        self.reuseport = reuseport
+        self.uid = uid
+        self.last_oow_ack_time = last_oow_ack_time
 
     @classmethod
     def create(

@@ -36,7 +36,7 @@ import hashlib
 import ipaddress
 import random
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final, Protocol
 
@@ -86,7 +86,7 @@ class PortOwner(Protocol):
     def is_timewait(self) -> bool: ...
 
 
-@dataclass(slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True, init=False)
 class BindBucket:
     """One local port in use (K `struct inet_bind_bucket`); mutable state owned by PortTable.
 
@@ -95,9 +95,22 @@ class BindBucket:
     """
 
     port: int
-    owners: list[PortOwner] = field(default_factory=list)
-    fastreuse: int = FASTREUSE_CONNECT
-    fastreuseport: int = FASTREUSE_CONNECT
+    owners: list[PortOwner]
+    fastreuse: int
+    fastreuseport: int
+
+    def __init__(
+        self,
+        *,
+        port: int,
+        owners: list[PortOwner] | None = None,
+        fastreuse: int = FASTREUSE_CONNECT,
+        fastreuseport: int = FASTREUSE_CONNECT,
+    ) -> None:
+        self.port = port  # written out so that mypyc compiles it (a dataclass __init__ is not)
+        self.owners = [] if owners is None else owners
+        self.fastreuse = fastreuse
+        self.fastreuseport = fastreuseport
 
     @property
     def bind_held(self) -> bool:
