@@ -249,7 +249,7 @@ class Connection:
         """
         if not syn.syn or syn.has_ack or syn.rst:
             raise ModelError(f"accept_syn() needs a bare SYN, got {syn}")
-        conn = cls(
+        conn = Connection(  # not cls(): a direct, compiled constructor call (mypyc)
             tuple=syn.receiver_tuple,
             config=config,
             profile=profile,
@@ -518,14 +518,15 @@ class Connection:
 
     def _segment(self, now: int, *, seq: int, flags: Flags, payload: bytes = b"") -> Segment:
         t = self.tuple
-        with_ts = self.ts_enabled or (int.__and__(flags, 0x02) != 0 and self._ts_offered)
+        bits = int(flags)  # int's `&` compiles; IntFlag's is interpreted enum code
+        with_ts = self.ts_enabled or (bits & 0x02 != 0 and self._ts_offered)
         return Segment(
             src=t.laddr,
             sport=t.lport,
             dst=t.raddr,
             dport=t.rport,
             seq=seq,
-            ack=self.rcv_nxt if int.__and__(flags, 0x10) else 0,
+            ack=self.rcv_nxt if bits & 0x10 else 0,
             flags=flags,
             window=self.rcv_wnd,
             payload=payload,

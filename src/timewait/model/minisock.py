@@ -48,7 +48,6 @@ Kernel vs reference notes (the kernel wins):
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -59,6 +58,7 @@ from timewait.config import TCP_PAWS_MSL, TCP_TIMEWAIT_LEN, KernelConfig, Profil
 from timewait.errors import ModelError, ProfileError
 from timewait.model import counters as C
 from timewait.model.clock import tsval as clock_tsval
+from timewait.model.counters import Counters
 from timewait.model.segment import Flags, FourTuple, Segment, reset_reply
 from timewait.model.seq import MASK, seq_add, seq_diff, seq_lt
 from timewait.model.states import TcpState
@@ -541,7 +541,7 @@ class MiniSocket:
             raise ModelError(f"a minisocket is TIME-WAIT or FIN-WAIT-2, not {substate}")
         if timeout < 0:
             raise ModelError(f"minisocket timeout must not be negative: {timeout} ns")
-        return cls(
+        return MiniSocket(  # not cls(): a direct, compiled constructor call (mypyc)
             tuple=tuple,
             substate=substate,
             rcv_nxt=rcv_nxt & MASK,
@@ -597,7 +597,7 @@ class MiniSocket:
         now: int,
         config: KernelConfig,
         profile: Profile,
-        counters: Counter[str],
+        counters: Counters,
     ) -> TwResult:
         """K tcp_minisocks.c tcp_timewait_state_process() plus the reply tcp_v4_rcv() sends.
 

@@ -81,6 +81,8 @@ class Segment:
     # `flags` as a plain int: IntFlag's `&` is interpreted enum code, int's compiles to one
     # machine instruction (mypyc). Derived from `flags`; not part of the value.
     bits: int = field(init=False, repr=False, compare=False, hash=False)
+    # receiver_tuple, built on first use: the host and the simulator both ask for it.
+    _receiver: FourTuple | None = field(init=False, repr=False, compare=False, hash=False)
 
     def __init__(
         self,
@@ -104,7 +106,8 @@ class Segment:
         self.seq = seq
         self.ack = ack
         self.flags = flags
-        self.bits = flags
+        self.bits = int(flags)
+        self._receiver = None
         self.window = window
         self.payload = payload
         self.tsval = tsval
@@ -145,7 +148,11 @@ class Segment:
     @property
     def receiver_tuple(self) -> FourTuple:
         """The four-tuple as the receiving host sees it (local = destination)."""
-        return _new_tuple(FourTuple, (self.dst, self.dport, self.src, self.sport))
+        ft = self._receiver
+        if ft is None:
+            ft = _new_tuple(FourTuple, (self.dst, self.dport, self.src, self.sport))
+            self._receiver = ft
+        return ft
 
     @property
     def sender_tuple(self) -> FourTuple:

@@ -14,7 +14,8 @@ Theory of operation
 4. with probability `delayed_duplicate` an extra copy is delivered up to `msl` later
    (U[delay, delay + msl]): the "old duplicate" of RFC 9293 §3.4.2 / RFC 1337 that TIME_WAIT
    exists to outlive. These copies go on the engine's heap; in-order deliveries use a FIFO
-   (engine.FifoTimers), so a fixed-delay link costs O(1) per segment.
+   queue whose head alone sits on the heap (engine.FifoTimers' technique), so a fixed-delay
+   link costs O(1) per segment.
 
 Every transmission (original or copy) is recorded in the capture: time sent, time delivered
 (None while in flight or when lost), and whether it was lost or is a duplicate. Random draws come
@@ -25,12 +26,13 @@ so the same seed gives the same fates.
 from __future__ import annotations
 
 import random
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from timewait.errors import TimewaitError
 from timewait.model.segment import Segment
-from timewait.sim.engine import Engine, FifoTimers
+from timewait.sim.engine import Engine
 from timewait.units import SEC, US
 
 # RFC 9293 §3.4.2: MSL "is taken to be 2 minutes" -- the bound a delayed duplicate may lag by.
@@ -98,16 +100,21 @@ class Link:
     """One direction between two hosts. `deliver(segment, record)` runs at arrival time."""
 
     __slots__ = (
-        "_fifo",
+        "_armed",
         "_last",
+        "_queue",
         "capture",
+        "delayed_duplicates",
         "deliver",
         "drop",
+        "dropped",
+        "duplicates",
         "engine",
+        "lost",
         "name",
         "params",
         "rng",
-        "stats",
+        "sent",
     )
 
     def __init__(
@@ -128,63 +135,92 @@ class Link:
         self.name = name
         self.capture = capture
         self.drop = drop
-        self._fifo = FifoTimers(engine, params.delay)
+        # In-order deliveries: (time, segment, record), nondecreasing times; only the head has an
+        # engine entry (engine.FifoTimers' technique, specialised: no *args tuple per segment).
+        self._queue: deque[tuple[int, Segment, Captured]] = deque()
+        self._armed = False
         self._last = 0  # latest in-order delivery time (FIFO with jitter)
-        # sent, lost (random + predicate), dropped by predicate, duplicates, delayed duplicates
-        self.stats = {"sent": 0, "lost": 0, "dropped": 0, "duplicates": 0, "delayed_duplicates": 0}
+        self.sent = 0
+        self.lost = 0  # random loss and drop predicate
+        self.dropped = 0  # by the drop predicate
+        self.duplicates = 0
+        self.delayed_duplicates = 0
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counts so far: sent, lost (random + predicate), dropped (predicate), duplicates."""
+        return {
+            "sent": self.sent,
+            "lost": self.lost,
+            "dropped": self.dropped,
+            "duplicates": self.duplicates,
+            "delayed_duplicates": self.delayed_duplicates,
+        }
 
     def send(self, seg: Segment) -> None:
         """Put one segment on the link at engine.now (see the module docstring)."""
-        now = self.engine.now
+        engine = self.engine
+        now = engine.now
         p = self.params
-        stats = self.stats
-        stats["sent"] += 1
+        self.sent += 1
         cap = self.capture
         lost = False
         if self.drop is not None and self.drop(seg, now):
             lost = True
-            stats["dropped"] += 1
+            self.dropped += 1
         elif p.loss and self.rng.random() < p.loss:
             lost = True
         rec = Captured(now, seg, self.name, lost=lost)
         if cap is not None:
             cap.append(rec)
         if lost:
-            stats["lost"] += 1
+            self.lost += 1
             return
+        t = now + p.delay
         if p.jitter:
-            t = now + p.delay + self.rng.randint(0, p.jitter)
-            if p.reorder:
-                self.engine.at(t, self._arrive, seg, rec)
-            else:
-                t = max(t, self._last)
-                self._last = t
-                self._fifo.push_at(t, self._arrive, seg, rec)
+            t += self.rng.randint(0, p.jitter)
+        if p.jitter and p.reorder:
+            engine.at(t, self._arrive, seg, rec)
         else:
-            t = self._fifo.push(self._arrive, seg, rec)
+            if t < self._last:
+                t = self._last
             self._last = t
+            self._queue.append((t, seg, rec))
+            if not self._armed:
+                self._armed = True
+                engine.at(t, self._next)
         if p.duplicate and self.rng.random() < p.duplicate:
-            stats["duplicates"] += 1
+            self.duplicates += 1
             dup = Captured(now, seg, self.name, duplicate=True)
             if cap is not None:
                 cap.append(dup)
-            self.engine.at(t, self._arrive, seg, dup)
+            engine.at(t, self._arrive, seg, dup)
         if p.delayed_duplicate and self.rng.random() < p.delayed_duplicate:
-            stats["delayed_duplicates"] += 1
+            self.delayed_duplicates += 1
             late = Captured(now, seg, self.name, duplicate=True)
             if cap is not None:
                 cap.append(late)
             extra = self.rng.randint(0, p.msl) if p.msl else 0
-            self.engine.at(now + p.delay + extra, self._arrive, seg, late)
+            engine.at(now + p.delay + extra, self._arrive, seg, late)
 
     def inject(self, seg: Segment, at: int) -> Captured:
         """Deliver a copy of `seg` at time `at` (an old duplicate placed by a scenario)."""
         rec = Captured(self.engine.now, seg, self.name, duplicate=True)
         if self.capture is not None:
             self.capture.append(rec)
-        self.stats["delayed_duplicates"] += 1
+        self.delayed_duplicates += 1
         self.engine.schedule(self._arrive, seg, rec, at=at)
         return rec
+
+    def _next(self) -> None:
+        """The head of the in-order queue arrives; arm the engine for the next one."""
+        q = self._queue
+        _, seg, rec = q.popleft()
+        if q:
+            self.engine.at(q[0][0], self._next)
+        else:
+            self._armed = False
+        self._arrive(seg, rec)
 
     def _arrive(self, seg: Segment, rec: Captured) -> None:
         rec.delivered = self.engine.now

@@ -49,13 +49,14 @@ class App(Protocol):
 
 
 class _Node:
-    __slots__ = ("apps", "host", "index", "wake")
+    __slots__ = ("apps", "host", "index", "routes", "wake")
 
     def __init__(self, host: Host, index: int) -> None:
         self.host = host
         self.index = index
         self.apps: list[App] = []
         self.wake: int | None = None  # time of the current timer wake, if one is scheduled
+        self.routes: dict[str, Link] = {}  # destination address -> link, filled on first use
 
 
 class Network:
@@ -160,21 +161,13 @@ class Network:
         now = self.engine.now
         out = host.segments_to_send(now)
         if out:
-            links = self._links
+            routes = node.routes
             for seg in out:
-                dst = seg.dst
-                target = self._by_addr.get(dst)
-                if target is None:
-                    if is_loopback(dst):
-                        target = node
-                    else:
-                        self.unroutable += 1
-                        if self.strict_routing:
-                            raise RoutingError(f"no host owns {dst} (segment {seg})")
-                        continue
-                link = links.get((node.index, target.index))
+                link = routes.get(seg.dst)
                 if link is None:
-                    link = self._link_for(node, target)
+                    link = self._route(node, seg)
+                    if link is None:
+                        continue
                 link.send(seg)
         d = host.next_deadline()
         if d is not None:
@@ -184,6 +177,25 @@ class Network:
                     d = now
                 node.wake = d
                 self.engine.at(d, self._wake, node, d)
+
+    def _route(self, node: _Node, seg: Segment) -> Link | None:
+        """The link for a segment from `node` (cached per destination address); None when the
+        destination is unroutable and strict_routing is off."""
+        dst = seg.dst
+        target = self._by_addr.get(dst)
+        if target is None:
+            if is_loopback(dst):
+                target = node
+            else:
+                self.unroutable += 1
+                if self.strict_routing:
+                    raise RoutingError(f"no host owns {dst} (segment {seg})")
+                return None
+        link = self._links.get((node.index, target.index))
+        if link is None:
+            link = self._link_for(node, target)
+        node.routes[dst] = link
+        return link
 
     def _deliver_rec(self, node: _Node, seg: Segment, rec: Captured) -> None:
         self._deliver(node, seg)
