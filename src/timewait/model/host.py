@@ -463,7 +463,16 @@ class Host:
 
     def next_deadline(self) -> int | None:
         """Earliest timer (ns); calling on_timer earlier is harmless."""
-        return self._timers[0][0] if self._timers else None
+        timers = self._timers
+        scheduled = self._scheduled
+        while timers:
+            deadline, _, ft = timers[0]
+            if scheduled.get(ft) == deadline:
+                return deadline
+            # Superseded (re-armed, stopped, or its socket is gone): drop it now, so a driver
+            # is not woken for a timer that no longer exists.
+            heapq.heappop(timers)
+        return None
 
     def on_timer(self, now: int) -> None:
         """Run every timer due at `now`: retransmissions, FIN_WAIT2 and TIME_WAIT expiry."""
@@ -674,6 +683,8 @@ class Host:
         deadline = conn.next_deadline()
         if deadline is not None:
             self._schedule(ft, deadline)
+        else:
+            self._scheduled.pop(ft, None)  # every timer stopped (e.g. all data acknowledged)
 
     def _time_wait(self, conn: Connection, substate: TcpState, timeout: int, now: int) -> None:
         """tcp_time_wait(): replace the full socket by a minisocket, or skip the wait."""
