@@ -5,7 +5,9 @@ a boot secret. 32 bits plus `seq_scale()` (real time in ns >> 6, a 64 ns clock) 
 (RFC 6528 §3 / RFC 9293 §3.4.1); the other 32 bits are the timestamp offset when
 tcp_timestamps == 1 (0 otherwise). The offset depends only on the four-tuple, so every
 incarnation of a four-tuple shares it: that is what makes PAWS protect a new incarnation
-(RFC 7323 §5.8).
+(RFC 7323 §5.8). Measured on 6.18: SYNs from one address pair but different source ports carry
+unrelated TSvals (per four-tuple, not the per-address-pair `secure_tcp_ts_off()` of 4.11-6.x
+sources). `isn_and_ts_offset()` takes both from one hash, as the kernel does.
 
 We use keyed BLAKE2b in place of siphash (same role: a keyed hash the peer cannot predict); the
 secret comes from the host's seeded RNG, so runs are deterministic.
@@ -57,16 +59,20 @@ class HostClocks:
         getrandbits = rng.getrandbits  # type: ignore[attr-defined]
         return cls(secret=int(getrandbits(128)).to_bytes(16, "little"))
 
+    def isn_and_ts_offset(self, ft: FourTuple, now: int, tcp_timestamps: int) -> tuple[int, int]:
+        """(ISN at `now`, timestamp offset) of a new connection on `ft`: one keyed hash, as in
+        secure_tcp_seq_and_ts_off(). The offset is 0 unless tcp_timestamps == 1."""
+        h = _hash64(self.secret, "seq+ts", *ft)
+        isn = ((h & MASK) + (now >> ISN_CLOCK_SHIFT)) & MASK
+        return isn, (h >> 32) if tcp_timestamps == 1 else 0
+
     def isn(self, ft: FourTuple, now: int) -> int:
         """Initial sequence number for a new connection on `ft` at time `now` (ns)."""
-        h = _hash64(self.secret, "isn", *ft)
-        return (h + (now >> ISN_CLOCK_SHIFT)) & MASK
+        return self.isn_and_ts_offset(ft, now, 0)[0]
 
     def ts_offset(self, ft: FourTuple, tcp_timestamps: int) -> int:
         """Per-four-tuple timestamp offset (0 unless tcp_timestamps == 1, Linux 4.10+)."""
-        if tcp_timestamps != 1:
-            return 0
-        return _hash64(self.secret, "ts", *ft) & MASK
+        return self.isn_and_ts_offset(ft, 0, tcp_timestamps)[1]
 
     def port_offset(self, laddr: str, raddr: str, rport: int, now: int) -> int:
         """64-bit starting point for connect()'s port search (K secure_ipv4_port_ephemeral()).

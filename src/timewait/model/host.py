@@ -340,13 +340,15 @@ class Host:
             takeover = found.get("takeover")
             ft = FourTuple(laddr, s.lport, addr, port)
         s.bind_addr = laddr
-        iss = takeover[0] if takeover else self.clocks.isn(ft, now)
+        iss, ts_off = self.clocks.isn_and_ts_offset(ft, now, self.config.tcp_timestamps)
+        if takeover:
+            iss = takeover[0]  # tcp_twsk_unique(): tw_snd_nxt + 65537, not the keyed ISN
         conn = Connection(
             tuple=ft,
             config=self.config,
             profile=self.profile,
             iss=iss,
-            ts_offset=self.clocks.ts_offset(ft, self.config.tcp_timestamps),
+            ts_offset=ts_off,
             ts_recent=takeover[1] if takeover else None,
             ts_recent_stamp=takeover[2] if takeover else None,
             name=f"{self.name}:{fd}",
@@ -604,12 +606,13 @@ class Host:
             parent=listener,
             fd_open=False,
         )
+        iss, ts_off = self.clocks.isn_and_ts_offset(ft, now, self.config.tcp_timestamps)
         conn = Connection.accept_syn(
             syn,
             config=self.config,
             profile=self.profile,
-            iss=isn if isn is not None else self.clocks.isn(ft, now),
-            ts_offset=self.clocks.ts_offset(ft, self.config.tcp_timestamps),
+            iss=isn if isn is not None else iss,
+            ts_offset=ts_off,
             now=now,
             counters=self.counters,
         )
