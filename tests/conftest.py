@@ -1,7 +1,10 @@
-"""Suite-wide rules: tests marked `root` need root and network namespaces.
+"""Suite-wide rules.
 
-They skip with a reason on a developer's unprivileged machine, but under CI=true a skip would
-hide a failure (CI runs as root and must run them), so there it is a failure.
+* Tests marked `root` need root and network namespaces. They skip with a reason on a developer's
+  unprivileged machine, but under CI=true a skip would hide a failure (CI runs as root and must
+  run them), so there it is a failure.
+* The suite refuses to start when a mypyc extension is older than its source (it would test old
+  code): `make test` rebuilds them, `find src -name '*.so' -delete` drops them.
 """
 
 from __future__ import annotations
@@ -10,6 +13,16 @@ import os
 import shutil
 
 import pytest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from timewait import compiled
+
+    if old := compiled.stale():
+        raise pytest.UsageError(
+            f"compiled modules older than their sources: {', '.join(old)}; "
+            "run `make test` (rebuilds them) or `find src -name '*.so' -delete` (pure Python)"
+        )
 
 
 def _root_problem() -> str | None:
