@@ -583,7 +583,6 @@ class Host:
         return False, None
 
     def _adopt(self, conn: Connection, s: Socket) -> None:
-        conn.counters = self.counters  # one set of counters per namespace
         conn.linger_zero = s.linger_zero
         conn.linger2 = s.linger2
         s.conn = conn
