@@ -42,30 +42,27 @@ def source_files(root: Path) -> list[Path]:
     return [root.joinpath(*m.split(".")).with_suffix(".py") for m in MODULES]
 
 
-def _origin(module: str) -> Path | None:
+def _extension(module: str) -> Path | None:
+    """The C extension `module` imports from, or None when it runs from its .py source."""
     spec = importlib.util.find_spec(module)
-    return Path(spec.origin) if spec is not None and spec.origin else None
+    origin = Path(spec.origin) if spec is not None and spec.origin else None
+    return origin if origin is not None and origin.suffix in (".so", ".pyd") else None
 
 
 def loaded_compiled() -> list[str]:
     """Modules that import from a C extension in this process (empty when running pure)."""
-    out = []
-    for m in MODULES:
-        origin = _origin(m)
-        if origin is not None and origin.suffix in (".so", ".pyd"):
-            out.append(m)
-    return out
+    return [m for m in MODULES if _extension(m) is not None]
 
 
 def stale() -> list[str]:
     """Compiled modules whose source changed after the extension was built."""
     out = []
     for m in MODULES:
-        origin = _origin(m)
-        if origin is None or origin.suffix not in (".so", ".pyd"):
+        ext = _extension(m)
+        if ext is None:
             continue
-        source = origin.parent / (m.rsplit(".", 1)[-1] + ".py")
-        if source.exists() and source.stat().st_mtime > origin.stat().st_mtime:
+        source = ext.parent / (m.rsplit(".", 1)[-1] + ".py")
+        if source.exists() and source.stat().st_mtime > ext.stat().st_mtime:
             out.append(m)
     return out
 

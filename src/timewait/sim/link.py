@@ -14,8 +14,8 @@ Theory of operation
 4. with probability `delayed_duplicate` an extra copy is delivered up to `msl` later
    (U[delay, delay + msl]): the "old duplicate" of RFC 9293 §3.4.2 / RFC 1337 that TIME_WAIT
    exists to outlive. These copies go on the engine's heap; in-order deliveries use a FIFO
-   queue whose head alone sits on the heap (engine.FifoTimers' technique), so a fixed-delay
-   link costs O(1) per segment.
+   queue whose head alone sits on the heap (engine.FifoTimers), so a fixed-delay link costs
+   O(1) per segment.
 
 Every transmission (original or copy) is recorded in the capture: time sent, time delivered
 (None while in flight or when lost), and whether it was lost or is a duplicate. Random draws come
@@ -26,13 +26,12 @@ so the same seed gives the same fates.
 from __future__ import annotations
 
 import random
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from timewait.errors import TimewaitError
 from timewait.model.segment import Segment
-from timewait.sim.engine import Engine
+from timewait.sim.engine import Engine, FifoTimers
 from timewait.units import SEC, US
 
 # RFC 9293 §3.4.2: MSL "is taken to be 2 minutes" -- the bound a delayed duplicate may lag by.
@@ -100,9 +99,8 @@ class Link:
     """One direction between two hosts. `deliver(segment, record)` runs at arrival time."""
 
     __slots__ = (
-        "_armed",
+        "_fifo",
         "_last",
-        "_queue",
         "capture",
         "delayed_duplicates",
         "deliver",
@@ -135,10 +133,7 @@ class Link:
         self.name = name
         self.capture = capture
         self.drop = drop
-        # In-order deliveries: (time, segment, record), nondecreasing times; only the head has an
-        # engine entry (engine.FifoTimers' technique, specialised: no *args tuple per segment).
-        self._queue: deque[tuple[int, Segment, Captured]] = deque()
-        self._armed = False
+        self._fifo = FifoTimers(engine, params.delay)  # in-order deliveries, O(1) each
         self._last = 0  # latest in-order delivery time (FIFO with jitter)
         self.sent = 0
         self.lost = 0  # random loss and drop predicate
@@ -185,10 +180,7 @@ class Link:
             if t < self._last:
                 t = self._last
             self._last = t
-            self._queue.append((t, seg, rec))
-            if not self._armed:
-                self._armed = True
-                engine.at(t, self._next)
+            self._fifo.push_at(t, self._arrive, seg, rec)
         if p.duplicate and self.rng.random() < p.duplicate:
             self.duplicates += 1
             dup = Captured(now, seg, self.name, duplicate=True)
@@ -211,16 +203,6 @@ class Link:
         self.delayed_duplicates += 1
         self.engine.schedule(self._arrive, seg, rec, at=at)
         return rec
-
-    def _next(self) -> None:
-        """The head of the in-order queue arrives; arm the engine for the next one."""
-        q = self._queue
-        _, seg, rec = q.popleft()
-        if q:
-            self.engine.at(q[0][0], self._next)
-        else:
-            self._armed = False
-        self._arrive(seg, rec)
 
     def _arrive(self, seg: Segment, rec: Captured) -> None:
         rec.delivered = self.engine.now
