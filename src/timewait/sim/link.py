@@ -171,16 +171,16 @@ class Link:
         if lost:
             self.lost += 1
             return
-        t = now + p.delay
-        if p.jitter:
-            t += self.rng.randint(0, p.jitter)
-        if p.jitter and p.reorder:
-            engine.at(t, self._arrive, seg, rec)
+        if not p.jitter:
+            t = self._last = self._fifo.push(self._arrive, seg, rec)  # now + delay, in order
         else:
-            if t < self._last:
-                t = self._last
-            self._last = t
-            self._fifo.push_at(t, self._arrive, seg, rec)
+            t = now + p.delay + self.rng.randint(0, p.jitter)
+            if p.reorder:
+                engine.at(t, self._arrive, seg, rec)
+            else:
+                t = max(t, self._last)
+                self._last = t
+                self._fifo.push_at(t, self._arrive, seg, rec)
         if p.duplicate and self.rng.random() < p.duplicate:
             self.duplicates += 1
             dup = Captured(now, seg, self.name, duplicate=True)
