@@ -255,3 +255,33 @@ def test_own_namespace_by_pid_needs_no_setns() -> None:
 def test_capture_of_own_namespace_works() -> None:
     s = capture()
     assert s.namespace == "host" and s.config.port_range_size > 0
+
+
+_OWN_LABEL = "from timewait.live.capture import capture; print(capture().namespace)"
+
+
+@pytest.mark.root
+def test_capture_inside_a_named_namespace_is_labelled_with_its_name() -> None:
+    """Run under `ip netns exec NAME`, the capture says netns:NAME, not host (issue 10 item 4)."""
+    import subprocess
+    import sys
+
+    with throwaway_netns() as ns:
+        out = subprocess.run(
+            ["ip", "netns", "exec", ns, sys.executable, "-c", _OWN_LABEL],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+    assert out == f"netns:{ns}"
+
+
+@pytest.mark.root
+def test_capture_inside_an_unnamed_namespace_is_labelled_by_inode() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        ["unshare", "-n", sys.executable, "-c",
+         _OWN_LABEL + "; import os; print(os.stat('/proc/self/ns/net').st_ino)"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert out[0] == f"netns:[{out[1]}]"

@@ -71,6 +71,7 @@ def capture(*, netns: str | None = None, pid: int | None = None, source: str = "
         table = procnet.read_tcp_tables() if used == "proc" else None
         config, cfg_notes = sysctl.read_config()
         counters = procnet.read_counters()
+        label = target.label if target else _netns.own_label()
     sockets = sockdiag.decode(raw) if raw is not None else table
     assert sockets is not None
     if used == "proc":
@@ -85,7 +86,7 @@ def capture(*, netns: str | None = None, pid: int | None = None, source: str = "
         time_ns=time_ns,
         monotonic_ns=mono_ns,
         kernel=os.uname().release,
-        namespace=target.label if target else "host",
+        namespace=label,
         source=used,
         hostname=os.uname().nodename,
         notes=tuple(notes),

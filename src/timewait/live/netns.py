@@ -15,6 +15,11 @@ namespace needs CAP_SYS_ADMIN (setns(2): "CAP_SYS_ADMIN in its own user namespac
 user namespace that owns the target").
 
 Names resolve like `ip netns` does: /run/netns/NAME (iproute2 mounts named namespaces there).
+`own_label()` names the namespace we run in the same way, so `ip netns exec NAME timewait ...`
+reports `netns:NAME`: a named namespace is the /run/netns file with our namespace's device and
+inode; the machine's own is the namespace of PID 1, or inode PROC_NET_INIT_INO when /proc/1 is
+not readable (no root); anything else is labelled by its inode, as `ip netns identify` would
+leave it unnamed.
 """
 
 from __future__ import annotations
@@ -32,6 +37,10 @@ from timewait.errors import TimewaitError
 CLONE_NEWNET: Final = 0x40000000  # include/uapi/linux/sched.h
 NETNS_RUN_DIR: Final = "/run/netns"  # iproute2 ip/ipnetns.c NETNS_RUN_DIR
 SELF_NETNS: Final = "/proc/thread-self/ns/net"
+INIT_NETNS: Final = "/proc/1/ns/net"
+# include/linux/proc_ns.h: init_net's fixed inode number (net:[4026531833], checked on 6.18)
+PROC_NET_INIT_INO: Final = 0xEFFFFFF9
+HOST_LABEL: Final = "host"
 
 
 class NamespaceError(TimewaitError):
@@ -101,6 +110,29 @@ def same_namespace(path: str, other: str = SELF_NETNS) -> bool:
     """Whether two namespace files name the same namespace (same dev and inode)."""
     a, b = os.stat(path), os.stat(other)
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def own_label(run_dir: str = NETNS_RUN_DIR) -> str:
+    """The label of the calling thread's namespace: "netns:NAME", "host" or "netns:[INODE]"."""
+    me = os.stat(SELF_NETNS)
+    key = (me.st_dev, me.st_ino)
+    try:
+        names = sorted(os.listdir(run_dir))
+    except OSError:
+        names = []
+    for name in names:
+        try:
+            st = os.stat(os.path.join(run_dir, name))
+        except OSError:  # a stale or half-created entry: not ours
+            continue
+        if (st.st_dev, st.st_ino) == key:
+            return f"netns:{name}"
+    try:
+        init = os.stat(INIT_NETNS)
+        is_init = (init.st_dev, init.st_ino) == key
+    except OSError:  # no root: /proc/1/ns is not ours to stat
+        is_init = me.st_ino == PROC_NET_INIT_INO
+    return HOST_LABEL if is_init else f"netns:[{me.st_ino}]"
 
 
 def _need_root(target: Target) -> NeedRoot:
