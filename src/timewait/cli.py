@@ -48,23 +48,36 @@ class Ctx:
         self.exit_status = ExitStatus.OK  # a command's verdict (doctor: 0/1/2)
 
     def print_rich(self, renderable: Any) -> None:
-        """Print a rich renderable; off a terminal, without colour or trailing padding."""
+        """Print a rich renderable; off a terminal, without colour or trailing padding, text
+        wrapped at 100 columns and each table as wide as its content (never cut)."""
         console = self.console()
         if self.env.stdout_isatty:
             console.print(renderable)
             return
-        with console.capture() as cap:
-            console.print(renderable)
-        self.env.stdout.write("\n".join(ln.rstrip() for ln in cap.get().splitlines()) + "\n")
+        from rich.console import Group
+        from rich.table import Table
 
-    def console(self) -> Console:
+        parts = list(renderable.renderables) if isinstance(renderable, Group) else [renderable]
+        out: list[str] = []
+        for part in parts:
+            con = console
+            if isinstance(part, Table):
+                need = self.console(width=1000).measure(part).maximum  # its natural width
+                if need > console.width:
+                    con = self.console(width=need)
+            with con.capture() as cap:
+                con.print(part)
+            out += [ln.rstrip() for ln in cap.get().splitlines()]
+        self.env.stdout.write("\n".join(out) + "\n")
+
+    def console(self, width: int | None = None) -> Console:
         """A rich console on env.stdout: colour only on a terminal, 100 columns otherwise."""
         tty = bool(self.env.stdout_isatty)
         return Console(
             file=self.env.stdout,
             force_terminal=tty,
             no_color=not tty,
-            width=None if tty else 100,
+            width=width or (None if tty else 100),
             highlight=False,
         )
 

@@ -37,10 +37,13 @@ def test_bind_address_no_port_needs_4_2_and_range_option_needs_6_3() -> None:
     assert R.bind_address_no_port(ctx((4, 1))) is None
     r42 = R.bind_address_no_port(ctx((4, 2)))
     assert r42 is not None and "IP_LOCAL_PORT_RANGE" not in r42.code
-    r63 = R.bind_address_no_port(ctx((6, 3)))
+    assert R.local_port_range(ctx((6, 2))) is None
+    r63 = R.local_port_range(ctx((6, 3)))
     assert r63 is not None and "IP_LOCAL_PORT_RANGE" in r63.code
     unknown = R.bind_address_no_port(ctx((0, 0)))
     assert unknown is not None and unknown.requires == "Linux >= 4.2"
+    unknown_range = R.local_port_range(ctx((0, 0)))
+    assert unknown_range is not None and unknown_range.requires == "Linux >= 6.3"
 
 
 def test_widen_range_reserves_listeners_and_keeps_existing_reservations() -> None:

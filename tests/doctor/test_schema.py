@@ -11,11 +11,12 @@ from .helpers import S1, V6C, V6S, C, listener, snap, tw, tws
 TOP_KEYS = {
     "schema", "status", "exit_status", "snapshot", "interval_s", "config", "totals", "ports",
     "churn_per_s", "churn_method", "trend_method", "timer_histogram", "memory_bytes",
-    "destinations", "destinations_total", "findings",
+    "destinations", "destinations_total", "findings", "pools",
 }  # fmt: skip
 DEST_KEYS = {
     "src", "dst", "dport", "family", "time_wait", "established", "fin_wait2", "syn_sent",
     "other", "in_use", "capacity", "usage", "churn_per_s", "trend_per_s", "eta_s",
+    "headroom", "reusable", "bound", "bind_like",
 }  # fmt: skip
 
 
@@ -27,7 +28,7 @@ def document() -> dict:
 def test_json_top_level_keys_and_status() -> None:
     doc = document()
     assert set(doc) == TOP_KEYS
-    assert doc["schema"] == "timewait-doctor/1"
+    assert doc["schema"] == "timewait-doctor/2"
     assert (doc["status"], doc["exit_status"]) == ("critical", 2)
 
 
@@ -45,6 +46,7 @@ def test_json_destinations_shape() -> None:
     assert (d0["src"], d0["dst"], d0["dport"], d0["family"]) == (C, S1, 80, "ipv4")
     assert (d0["in_use"], d0["capacity"], d0["time_wait"]) == (95, 100, 95)
     assert d0["usage"] == 0.95 and isinstance(d0["churn_per_s"], float)
+    assert (d0["headroom"], d0["reusable"], d0["bound"], d0["bind_like"]) == (5, 0, 0, False)
     assert d0["eta_s"] is None or isinstance(d0["eta_s"], float)
     assert d1["family"] == "ipv6"
 
@@ -54,7 +56,7 @@ def test_json_findings_shape() -> None:
     assert set(f) == {"id", "severity", "title", "detail", "evidence", "remedies"}
     assert (f["id"], f["severity"]) == ("port-exhaustion", "critical")
     r = f["remedies"][0]
-    assert set(r) == {"id", "title", "changes", "risk", "commands", "code", "requires"}
+    assert set(r) == {"id", "title", "changes", "risk", "commands", "code", "code_c", "requires"}
     assert isinstance(r["commands"], list)
 
 
@@ -63,3 +65,26 @@ def test_json_top_limits_destinations() -> None:
     d = diagnose(snap(rows))
     assert len(to_json(d, top=5)["destinations"]) == 5
     assert len(to_json(d, top=None)["destinations"]) == 30
+
+
+def test_json_pools_shape() -> None:
+    """Schema 2: the pools a port comes from, each with its headroom (issue 10)."""
+    doc = document()
+    p = doc["pools"]
+    assert set(p) == {"worst", "connect_new", "bind"}
+    assert p["worst"] == {
+        "kind": "connect", "label": f"connect() {C} -> {S1}:80", "headroom": 5, "usage": 0.95,
+    }  # fmt: skip
+    assert p["connect_new"] == {
+        "label": "connect() to a new destination", "size": 100, "held": 0, "headroom": 100,
+        "usage": 0.0,
+    }  # fmt: skip
+    by_label = {b["label"]: b for b in p["bind"]}
+    mine = by_label[f"bind({C}, 0)"]
+    assert (mine["address"], mine["family"], mine["held"], mine["headroom"]) == (
+        C, "ipv4", 95, 5,
+    )  # fmt: skip
+    assert by_label["bind(another IPv4 address, 0)"]["headroom"] == 100
+    ports = doc["ports"]
+    assert (ports["budget"], ports["exclusive"], ports["capacity"]) == (100, 0, 100)
+    assert ports["inference"] == {"parity": 0, "no_sharing": 0, "same_address": 0}

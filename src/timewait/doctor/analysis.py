@@ -148,7 +148,7 @@ class Destination:
     other: int
     in_use: int  # usable ports holding a four-tuple to it
     capacity: int  # usable ports (the same for every destination)
-    usage: float  # 1 - headroom / capacity
+    usage: float  # (capacity - headroom) / capacity
     churn_per_s: float
     trend_per_s: float | None
     eta_s: float | None
@@ -233,7 +233,7 @@ class Analysis:
         cap = self.ports.capacity
         if cap <= 0:
             return np.ones(self.n_destinations, dtype=np.float64)
-        usage: np.ndarray = 1.0 - self.dest_headroom / cap
+        usage: np.ndarray = (cap - self.dest_headroom) / cap
         return usage
 
     @property
@@ -259,8 +259,10 @@ class Analysis:
 
     def pools(self, top: int | None = 10) -> list[P.Pool]:
         """Every pool, smallest headroom share first: the `top` busiest destinations'
-        connect() pools, connect() to a new destination, and the bind() pools."""
-        out = [d.pool() for d in self.destinations(top)]
+        connect() pools (not those whose sockets bound first: their pool is bind()'s),
+        connect() to a new destination, and the bind() pools."""
+        connect_like = np.flatnonzero(~self.dest_bind_like)
+        out = [self.destination(int(i)).pool() for i in connect_like[:top]]
         out += [self.new_destination, *self.bind_pools]
         return sorted(out, key=lambda p: -p.usage)
 
@@ -541,6 +543,8 @@ def analyze(snapshot: Snapshot, previous: Snapshot | None = None) -> Analysis:
         host_churn = totals.time_wait / (TIME_WAIT_MS / 1000)
         churn_method = "littles_law"
 
+    # A destination whose sockets bound first draws on a bind() pool: no connect() trend.
+    trend = np.where(bind_like, np.nan, trend)
     # Keep only destinations present now; order by usage (headroom), then TIME_WAIT, descending.
     present = np.flatnonzero(_per_group(gid, ng) > 0)
     held = in_use - reusable
@@ -568,5 +572,5 @@ def analyze(snapshot: Snapshot, previous: Snapshot | None = None) -> Analysis:
         dest_churn=np.asarray(churn, dtype=np.float64)[order],
         dest_trend=np.asarray(trend, dtype=np.float64)[order],
         trend_method=trend_method,
-        bind_pools=tuple(P.bind_pools(s, budget, table_sid)),
+        bind_pools=tuple(P.bind_pools(s, budget, table_sid, budget & ~usable)),
     )

@@ -111,6 +111,7 @@ class Pool:
     address: str = ""  # bind pools: the local address ("0.0.0.0"/"::" for the wildcards,
     # "" for any other address of `family`, one that owns no port)
     family: str = ""  # bind pools: "ipv4" or "ipv6"
+    exclusive: int = 0  # bind pools: held ports connect() cannot share (bind() users here)
 
     @property
     def headroom(self) -> int:
@@ -119,7 +120,7 @@ class Pool:
     @property
     def usage(self) -> float:
         """Share of the pool in use, 0..1 (1 when the pool is empty)."""
-        return 1.0 if self.size <= 0 else 1.0 - self.headroom / self.size
+        return 1.0 if self.size <= 0 else (self.size - self.headroom) / self.size
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -319,14 +320,21 @@ def addr_ids(col: np.ndarray) -> tuple[np.ndarray, int]:
     return ids.astype(np.int64), (int(ids.max()) + 1 if ids.size else 0)
 
 
-def bind_pools(s: np.ndarray, budget: np.ndarray, src_id: np.ndarray | None = None) -> list[Pool]:
+def bind_pools(
+    s: np.ndarray,
+    budget: np.ndarray,
+    src_id: np.ndarray | None = None,
+    exclusive: np.ndarray | None = None,
+) -> list[Pool]:
     """The `bind` pools: one per local address that owns a port of the budget, the wildcards,
     and "another address" of each family (blocked only by wildcard owners).
 
     Owners are sockets of every state; overlap as `inet_csk_bind_conflict()` decides (see the
-    theory above). `src_id`: addr_ids(s["src"]) when the caller has it. Sorted by headroom,
-    smallest first.
+    theory above). `src_id`: addr_ids(s["src"]) when the caller has it; `exclusive`: the lut
+    of ports bind() or listen() own, so each pool says how many of its held ports are theirs.
+    Sorted by headroom, smallest first.
     """
+    excl = np.zeros(65536, dtype=bool) if exclusive is None else exclusive & budget
     size = int(np.count_nonzero(budget))
     if src_id is None:
         src_id, _ = addr_ids(s["src"])
@@ -341,9 +349,9 @@ def bind_pools(s: np.ndarray, budget: np.ndarray, src_id: np.ndarray | None = No
     wild4 = port_lut(sport[v4_any | v6_any])  # blocks every specific IPv4 address
     wild6 = port_lut(sport[v6_any])  # ... every specific IPv6 address
 
-    def pool(label: str, held: int, address: str, family: str) -> Pool:
+    def pool(label: str, held: int, mine: int, address: str, family: str) -> Pool:
         return Pool(kind=KIND_BIND, label=label, size=size, held=held, address=address,
-                    family=family)  # fmt: skip
+                    family=family, exclusive=mine)  # fmt: skip
 
     pools: list[Pool] = []
     specific = ~(v4_any | v6_any)
@@ -360,25 +368,31 @@ def bind_pools(s: np.ndarray, budget: np.ndarray, src_id: np.ndarray | None = No
             held[inv, ports] = True
             n_ports = held.sum(axis=1)
             inter4, inter6 = (held & wild4).sum(axis=1), (held & wild6).sum(axis=1)
+            mine = (held & excl).sum(axis=1)
         else:
             pairs = np.unique(inv.astype(np.int64) * 65536 + ports)
             pid, pport = pairs // 65536, pairs % 65536
             n_ports = np.bincount(pid, minlength=n_addr)
             inter4 = np.bincount(pid[wild4[pport]], minlength=n_addr)
             inter6 = np.bincount(pid[wild6[pport]], minlength=n_addr)
+            mine = np.bincount(pid[excl[pport]], minlength=n_addr)
         is4 = v4[specific][first]
         n4, n6 = int(np.count_nonzero(wild4)), int(np.count_nonzero(wild6))
         blocked = np.where(is4, n_ports + n4 - inter4, n_ports + n6 - inter6)
         for i in range(n_addr):
             a = addr_str(addrs[i])
-            pools.append(pool(f"bind({a}, 0)", int(blocked[i]), a,
-                              "ipv4" if is4[i] else "ipv6"))  # fmt: skip
-    pools.append(pool("bind(another IPv4 address, 0)", int(np.count_nonzero(wild4)), "", "ipv4"))
-    pools.append(pool("bind(another IPv6 address, 0)", int(np.count_nonzero(wild6)), "", "ipv6"))
-    held4 = int(np.count_nonzero(port_lut(sport[v4 | v6_any])))
-    pools.append(pool("bind(0.0.0.0, 0)", held4, "0.0.0.0", "ipv4"))
-    pools.append(pool("bind(::, 0)", int(np.count_nonzero(port_lut(sport))), "::", "ipv6"))
-    pools.sort(key=lambda p: (p.headroom, p.address == "", p.label))
+            fam = "ipv4" if is4[i] else "ipv6"
+            pools.append(pool(f"bind({a}, 0)", int(blocked[i]), int(mine[i]), a, fam))
+
+    def count(lut: np.ndarray) -> tuple[int, int]:
+        return int(np.count_nonzero(lut)), int(np.count_nonzero(lut & excl))
+
+    pools.append(pool("bind(another IPv4 address, 0)", *count(wild4), "", "ipv4"))
+    pools.append(pool("bind(another IPv6 address, 0)", *count(wild6), "", "ipv6"))
+    pools.append(pool("bind(0.0.0.0, 0)", *count(port_lut(sport[v4 | v6_any])), "0.0.0.0", "ipv4"))
+    pools.append(pool("bind(::, 0)", *count(port_lut(sport)), "::", "ipv6"))
+    # Fullest first; on a tie a specific address before the wildcards before "another address".
+    pools.sort(key=lambda p: (p.headroom, p.address in ("0.0.0.0", "::"), p.address == "", p.label))
     return pools
 
 

@@ -38,12 +38,14 @@ class Remedy:
     changes: str
     risk: str
     commands: tuple[str, ...] = ()  # shell lines, in order
-    code: str = ""  # a code snippet (Python unless it says otherwise)
+    code: str = ""  # a Python snippet
+    code_c: str = ""  # the same in C, where the fix is a socket option
     requires: str = ""  # e.g. "Linux >= 4.2" when the captured kernel is unknown
 
     def texts(self) -> tuple[str, ...]:
         """Every piece of text shown to a user (for the never-recommend scan)."""
-        return (self.title, self.changes, self.risk, *self.commands, self.code, self.requires)
+        return (self.title, self.changes, self.risk, *self.commands, self.code, self.code_c,
+                self.requires)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -164,38 +166,145 @@ def tw_reuse(ctx: Context) -> Remedy | None:
     )
 
 
+# Tested as written: tests/doctor/test_remedy_code.py runs the Python function and compiles and
+# runs the C one in a namespace whose range is smaller than the connections they open.
+NO_PORT_PY: Final = """import socket
+
+IP_BIND_ADDRESS_NO_PORT = 24  # <linux/in.h>, Linux >= 4.2
+
+
+def connect_from(source_ip, dst_ip, dst_port):
+    \"\"\"connect() from source_ip; the port is chosen at connect(), shared per four-tuple.\"\"\"
+    family = socket.AF_INET6 if ":" in source_ip else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)  # before bind()
+    s.bind((source_ip, 0))  # records the address only
+    s.connect((dst_ip, dst_port))
+    return s
+"""
+
+NO_PORT_C: Final = """#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#ifndef IP_BIND_ADDRESS_NO_PORT
+#define IP_BIND_ADDRESS_NO_PORT 24 /* <linux/in.h>, Linux >= 4.2 */
+#endif
+
+/* connect() from source_ip (IPv4); the port is chosen at connect(). Returns the fd or -1. */
+int connect_from(const char *source_ip, const char *dst_ip, unsigned short dst_port)
+{
+    struct sockaddr_in src = {.sin_family = AF_INET}, dst = {.sin_family = AF_INET};
+    int one = 1, fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0)
+        return -1;
+    inet_pton(AF_INET, source_ip, &src.sin_addr);
+    inet_pton(AF_INET, dst_ip, &dst.sin_addr);
+    dst.sin_port = htons(dst_port);
+    if (setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one) < 0 ||
+        bind(fd, (struct sockaddr *)&src, sizeof src) < 0 ||
+        connect(fd, (struct sockaddr *)&dst, sizeof dst) < 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+"""
+
+
 def bind_address_no_port(ctx: Context) -> Remedy | None:
-    """IP_BIND_ADDRESS_NO_PORT (4.2+) and IP_LOCAL_PORT_RANGE (6.3+) (ref 7.4, 12.5)."""
+    """IP_BIND_ADDRESS_NO_PORT (4.2+): bind the address, let connect() choose the port
+    (ref 7.4, 12.5; kernel doc of ip_autobind_reuse recommends it)."""
     ok = has(ctx.kernel, "ip_bind_address_no_port")
     if ok is False:
         return None
-    code = (
-        "import socket\n"
-        "IP_BIND_ADDRESS_NO_PORT = 24  # linux/in.h\n"
-        "s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)\n"
-        "s.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)\n"
-        "s.bind((source_ip, 0))  # address only; the port is chosen at connect()\n"
-        "s.connect((dst_ip, dst_port))"
-    )
-    extra = ""
-    rng = has(ctx.kernel, "ip_local_port_range_sockopt")
-    if rng is not False:
-        code += (
-            "\n# to give each process its own slice of the range"
-            + ("" if rng else f" ({needs('ip_local_port_range_sockopt')})")
-            + ":\n"
-            "IP_LOCAL_PORT_RANGE = 51  # linux/in.h\n"
-            "s.setsockopt(socket.IPPROTO_IP, IP_LOCAL_PORT_RANGE, (hi << 16) | lo)"
-        )
-        extra = " IP_LOCAL_PORT_RANGE narrows the range per socket without pinning ports."
     return Remedy(
         id="bind-address-no-port",
         title="Clients that pin a source address: set IP_BIND_ADDRESS_NO_PORT before bind()",
-        changes="bind(ip, 0) without it reserves a port for every destination at once; with it "
-        "the port is chosen at connect() and shared across destinations (ref 7.4)." + extra,
-        risk="None known; the application (or its HTTP/DB client) must set the option.",
-        code=code,
+        changes="bind(ip, 0) without it reserves the port for every destination at once, and "
+        "keeps it through TIME_WAIT; with it bind() records only the address and connect() "
+        "picks a port whose four-tuple is free, sharing each port across destinations "
+        "(ref 7.4; Lab E9b).",
+        risk="None known; the application (or its HTTP/DB client) must set the option. "
+        "Ports already held keep their bind() ownership until their sockets and TIME_WAITs "
+        "are gone (up to 60 s).",
+        code=NO_PORT_PY,
+        code_c=NO_PORT_C,
         requires="" if ok else needs("ip_bind_address_no_port"),
+    )
+
+
+def _no_port_alternative(ctx: Context) -> tuple[str, str]:
+    """How to name IP_BIND_ADDRESS_NO_PORT for this kernel: (text, requirement)."""
+    ok = has(ctx.kernel, "ip_bind_address_no_port")
+    if ok is False:
+        return "", ""
+    return " with IP_BIND_ADDRESS_NO_PORT", "" if ok else needs("ip_bind_address_no_port")
+
+
+def let_connect_choose(ctx: Context) -> Remedy:
+    """No bind() at all: connect() chooses address and port (ref 7.2)."""
+    alt, req = _no_port_alternative(ctx)
+    return Remedy(
+        id="let-connect-choose",
+        title="Do not bind() before connect() unless the source address must be chosen",
+        changes="A socket that only calls connect() gets its source address from the route and "
+        "its port from connect()'s four-tuple-aware search, so one port serves every "
+        "destination (ref 7.2, 7.3).",
+        risk="None, unless the source address matters (several addresses or interfaces): then "
+        f"bind the address{alt or ' only, port 0'} instead.",
+        code="s = socket.create_connection((dst_ip, dst_port))  # no bind(): the kernel chooses",
+        requires=req,
+    )
+
+
+def local_port_range(ctx: Context) -> Remedy | None:
+    """IP_LOCAL_PORT_RANGE (6.3+): a per-socket slice of the range, no port pinned (ref 7.4)."""
+    ok = has(ctx.kernel, "ip_local_port_range_sockopt")
+    if ok is False:
+        return None
+    lo, hi = ctx.config.ip_local_port_range
+    mid = lo + (hi - lo) // 2
+    return Remedy(
+        id="ip-local-port-range",
+        title="Give each process its own slice of the range: IP_LOCAL_PORT_RANGE",
+        changes="A per-socket sub-range (used by connect() and bind(0)) replaces fixed source "
+        "ports, e.g. for workers that must not collide; connect() still shares each port "
+        "across destinations, and from Linux 6.8 scans both parities in it (ref 7.4).",
+        risk="A narrow slice runs out sooner for one destination: size it for the worker's "
+        "peak (connections per second x 60 s per destination without tcp_tw_reuse).",
+        code=(
+            "IP_LOCAL_PORT_RANGE = 51  # <linux/in.h>, Linux >= 6.3\n"
+            f"lo, hi = {lo}, {mid}  # this worker's slice\n"
+            "s.setsockopt(socket.IPPROTO_IP, IP_LOCAL_PORT_RANGE, (hi << 16) | lo)\n"
+        ),
+        requires="" if ok else needs("ip_local_port_range_sockopt"),
+    )
+
+
+def autobind_reuse(ctx: Context) -> Remedy | None:
+    """ip_autobind_reuse=1 + SO_REUSEADDR: bind(0) may share a port once the range is used up
+    (`inet_csk_find_open_port()` relax pass; measured on 6.18: the 21st bind(0) in a 20-port
+    range succeeded and connect() to another destination worked)."""
+    ok = has(ctx.kernel, "ip_autobind_reuse")
+    if ok is False or ctx.config.ip_autobind_reuse == 1:
+        return None
+    alt, req = _no_port_alternative(ctx)
+    requires = "; ".join(r for r in ("" if ok else needs("ip_autobind_reuse"), req) if r)
+    return Remedy(
+        id="autobind-reuse",
+        title="Where code cannot change its bind(): SO_REUSEADDR before bind(0) and "
+        "ip_autobind_reuse=1",
+        changes="When every port is taken, bind(ip, 0) may hand out a port that only "
+        "non-listening SO_REUSEADDR sockets hold, so bind-before-connect keeps working for "
+        "destinations whose four-tuple on that port is free (ref 7.4).",
+        risk="bind() does not know the destination: it can return a port whose four-tuple to "
+        "it is taken, and connect() then fails with EADDRNOTAVAIL (measured). Only sockets "
+        "that set SO_REUSEADDR share, and the sysctl applies to the whole namespace. The "
+        f"kernel documentation recommends binding the address{alt} instead.",
+        commands=ctx.sysctl(("ip_autobind_reuse", "1")),
+        code="s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # before bind((ip, 0))",
+        requires=requires,
     )
 
 

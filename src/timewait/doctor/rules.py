@@ -8,14 +8,16 @@ JSON-ready) and remedies in order of preference. The rules never read the clock 
 what they know about the system is the snapshot (its KernelConfig, counters, kernel version)
 and the analysis of it, so a saved production capture gets the advice its own kernel needs.
 
-Severity: CRITICAL means connections are failing or about to (a destination above 90 % of its
-ports); WARNING means a harmful setting or pressure building (above 70 %, or full within 10
-minutes at the current trend); INFO explains something that looks alarming but is not; OK says
-what was checked and found healthy.
+Severity: CRITICAL means connections are failing or about to (a pool above 90 % used: a
+destination's connect() pool, the ports left to connect() for any destination, or a bind(addr, 0)
+pool where bind() users are at work); WARNING means a harmful setting or pressure building
+(above 70 %, full within 10 minutes at the current trend, or a bind(0) pool used up by connect()
+alone: latent); INFO explains something that looks alarming but is not; OK says what was checked
+and found healthy. The doctor never says OK while a pool it saw is above 70 %.
 
-Rule ids: port-exhaustion, port-pressure, tw-reuse-without-timestamps, range-swallows-listeners,
-tw-overflow, tw-buckets-below-count, fin-wait2-orphans, server-side-time-wait, bind-held-ports,
-port-range-parity, collector-notes, ports-healthy.
+Rule ids: port-exhaustion, port-pressure, bind-pool-exhaustion, bind-held-ports,
+tw-reuse-without-timestamps, range-swallows-listeners, tw-overflow, tw-buckets-below-count,
+fin-wait2-orphans, server-side-time-wait, port-range-parity, collector-notes, ports-healthy.
 """
 
 from __future__ import annotations
@@ -78,6 +80,8 @@ def _dest_evidence(d: Destination) -> dict[str, Any]:
         "destination": d.label,
         "in_use": d.in_use,
         "capacity": d.capacity,
+        "headroom": d.headroom,
+        "reusable": d.reusable,
         "usage": round(d.usage, 4),
         "time_wait": d.time_wait,
         "churn_per_s": round(d.churn_per_s, 2),
@@ -86,7 +90,8 @@ def _dest_evidence(d: Destination) -> dict[str, Any]:
 
 
 def _port_remedies(a: Analysis, ctx: R.Context) -> tuple[R.Remedy, ...]:
-    """The ladder for a destination short of ports (ref 10, 12): stop churn, share, widen."""
+    """The ladder for a destination short of ports (ref 10, 12): stop churn, share, widen.
+    When bind() holds most of the range, sharing those ports comes first."""
     out: list[R.Remedy | None] = [
         R.pooling(),
         R.tw_reuse(ctx),
@@ -95,12 +100,17 @@ def _port_remedies(a: Analysis, ctx: R.Context) -> tuple[R.Remedy, ...]:
         R.more_destinations(),
         R.widen_range(ctx, a.ports.listening, a.ports.capacity),
     ]
+    if a.ports.exclusive >= a.ports.budget / 2:
+        out.insert(0, out.pop(2))
     return tuple(r for r in out if r is not None)
 
 
 def _pressured(a: Analysis, lo: float, hi: float | None) -> list[Destination]:
+    """Destinations whose connect() pool is between lo and hi. Those whose sockets bound before
+    connecting are left to the bind() rules: their clients fail in bind(), not connect()."""
     usage = a.dest_usage
     mask = usage >= lo if hi is None else (usage >= lo) & (usage < hi)
+    mask &= ~a.dest_bind_like
     return [a.destination(int(i)) for i in np.flatnonzero(mask)]
 
 
@@ -115,7 +125,8 @@ def port_exhaustion(snap: Snapshot, a: Analysis) -> Iterator[Finding]:
         id="port-exhaustion",
         severity=Severity.CRITICAL,
         title=f"{len(hot)} destination(s) above {CRITICAL_USAGE:.0%} of their ports; worst "
-        f"{worst.label} at {worst.usage:.0%} ({worst.in_use:,}/{worst.capacity:,})",
+        f"{worst.label} at {worst.usage:.0%} ({worst.headroom:,} of {worst.capacity:,} ports "
+        "left)",
         detail="connect() to these destinations fails with EADDRNOTAVAIL ('Cannot assign "
         "requested address') once every usable port holds a four-tuple to them, TIME_WAIT "
         "included; it also burns CPU scanning the range first (ref 7.2, 12.2).",
@@ -135,6 +146,7 @@ def port_pressure(snap: Snapshot, a: Analysis) -> Iterator[Finding]:
     usage = a.dest_usage
     with np.errstate(invalid="ignore"):
         soon_mask = (usage >= ETA_MIN_USAGE) & (usage < WARNING_USAGE) & (eta < WARNING_ETA_S)
+    soon_mask &= ~a.dest_bind_like
     soon = [a.destination(int(i)) for i in np.flatnonzero(soon_mask)]
     both = hot + soon
     if not both:
@@ -284,24 +296,116 @@ def server_side_time_wait(snap: Snapshot, a: Analysis) -> Iterator[Finding]:
     )
 
 
-def bind_held_ports(snap: Snapshot, a: Analysis) -> Iterator[Finding]:
-    """Ports held by bind() without listen/connect (TCP_BOUND_INACTIVE) inside the range."""
+def _bind_remedies(ctx: R.Context) -> tuple[R.Remedy, ...]:
+    """For ports bind() holds: share them per four-tuple instead (ref 7.4, 12.5)."""
+    out = (
+        R.bind_address_no_port(ctx),
+        R.let_connect_choose(ctx),
+        R.local_port_range(ctx),
+        R.autobind_reuse(ctx),
+        R.pooling(),
+    )
+    return tuple(r for r in out if r is not None)
+
+
+def _held_by(a: Analysis) -> str:
+    p = a.ports
+    parts = [
+        (p.inferred_ports, "by sockets that bound before connect()"),
+        (len(p.bound_ports), "by bind()-only sockets"),
+        (len(p.orphan_server_ports), "left by a listener that exited"),
+        (len(p.listener_ports), "by listeners"),
+    ]
+    return ", ".join(f"{n:,} {why}" for n, why in parts if n)
+
+
+def bind_pool_exhaustion(snap: Snapshot, a: Analysis) -> Iterator[Finding]:
+    """A bind(addr, 0) pool above 70/90 % (ref 7.4, 8; inet_csk_find_open_port()).
+
+    Critical when bind() users hold ports at that address (bind-before-connect, bind(0)
+    servers); a pool used up by connect()'s own sockets alone is a latent problem: a warning."""
     ctx = context(snap)
-    ports = a.ports.bound_ports
-    if not ports:
+    pools = [p for p in a.bind_pools if p.usage >= WARNING_USAGE]
+    if not pools:
         return
-    share = len(ports) / max(a.ports.range_size, 1)
-    sev = Severity.WARNING if share >= BIND_HELD_WARNING else Severity.INFO
+    crit = [p for p in pools if p.usage >= CRITICAL_USAGE and p.exclusive > 0]
+    worst = (crit or pools)[0]
+    sev = Severity.CRITICAL if crit else Severity.WARNING
+    latent = "" if worst.exclusive else " (held by connect()'s own sockets: latent)"
+    yield Finding(
+        id="bind-pool-exhaustion",
+        severity=sev,
+        title=f"{worst.label} has {worst.headroom:,} of {worst.size:,} ports left{latent}",
+        detail=f"bind(addr, 0), and so bind-before-connect, fails with EADDRINUSE ('Address "
+        "already in use') once every port of the range is held at that address or the "
+        "wildcard, in any state, TIME_WAIT included (inet_csk_find_open_port(), ref 7.4). "
+        f"Of the {worst.held:,} held, {worst.exclusive:,} were taken with bind(); each keeps "
+        "its port from connect() for every destination until it and its TIME_WAIT are gone. "
+        f"connect() to a new destination has {a.new_destination.headroom:,} ports.",
+        evidence={
+            "pools": [_pool_evidence(p) for p in pools[:MAX_LISTED]],
+            "count": len(pools),
+            "connect_new_headroom": a.new_destination.headroom,
+        },
+        remedies=_bind_remedies(ctx),
+    )
+
+
+def _pool_evidence(p: Any) -> dict[str, Any]:
+    return {
+        "pool": p.label,
+        "size": p.size,
+        "held": p.held,
+        "exclusive": p.exclusive,
+        "headroom": p.headroom,
+        "usage": round(p.usage, 4),
+    }
+
+
+def bind_held_ports(snap: Snapshot, a: Analysis) -> Iterator[Finding]:
+    """Ports connect() cannot share, held by bind() users inside the range (ref 7.2 step 6).
+
+    Critical when they leave connect() under 10 % of the range for any destination, warning
+    from 10 % of the range taken, info below."""
+    ctx = context(snap)
+    p = a.ports
+    held = p.inferred_ports + len(p.bound_ports) + len(p.orphan_server_ports)
+    if not held:
+        return
+    share = held / max(p.budget, 1)
+    new = a.new_destination
+    if new.usage >= CRITICAL_USAGE:
+        sev = Severity.CRITICAL
+    elif share >= BIND_HELD_WARNING or new.usage >= WARNING_USAGE:
+        sev = Severity.WARNING
+    else:
+        sev = Severity.INFO
     yield Finding(
         id="bind-held-ports",
         severity=sev,
-        title=f"{len(ports):,} ephemeral port(s) held by bind() without connect or listen "
-        f"({share:.1%} of the range)",
-        detail="A port held by bind() is skipped by connect() for every destination (ref 7.2 "
-        "step 6). bind(ip, 0) before connect() is the usual cause: it reserves a port per "
-        "socket instead of per four-tuple (ref 7.4; envoy#44747).",
-        evidence={"bound_ports": len(ports), "range_size": a.ports.range_size},
-        remedies=tuple(r for r in (R.bind_address_no_port(ctx),) if r is not None),
+        title=f"{held:,} port(s) of the range are held by bind(), which connect() cannot share "
+        f"({share:.1%}); connect() to any destination has {new.headroom:,} left",
+        detail=f"Held {_held_by(a)}. A port whose bind bucket bind() or listen() created is "
+        "skipped by connect() for every destination, source address and family until its "
+        "last socket, TIME_WAIT included, is gone (__inet_hash_connect(), ref 7.2 step 6). "
+        "bind(ip, 0) before connect() is the usual cause: it reserves a port per socket "
+        "instead of per four-tuple (ref 7.4; envoy#44747). Which sockets bound first is "
+        "inferred from the dump (README 'Pools').",
+        evidence={
+            "held": held,
+            "bound_before_connect": p.inferred_ports,
+            "bound_ports": len(p.bound_ports),
+            "orphan_server_ports": list(p.orphan_server_ports),
+            "listener_ports": len(p.listener_ports),
+            "budget": p.budget,
+            "connect_new_headroom": new.headroom,
+            "rules": {
+                "parity": p.parity_destinations,
+                "no_sharing": p.sharing_destinations,
+                "same_address": p.address_destinations,
+            },
+        },
+        remedies=_bind_remedies(ctx),
     )
 
 
@@ -336,20 +440,27 @@ def collector_notes(snap: Snapshot, a: Analysis) -> Iterator[Finding]:
 
 
 def ports_healthy(snap: Snapshot, a: Analysis) -> Iterator[Finding]:
-    """OK: every destination has headroom (says what was checked)."""
-    if a.max_usage >= WARNING_USAGE:
+    """OK: every pool has headroom (says what was checked)."""
+    pools = a.pools(top=1)
+    if any(p.usage >= WARNING_USAGE for p in pools):
         return
+    busiest_bind = a.bind_pools[0] if a.bind_pools else None
+    bind_text = (
+        f"; {busiest_bind.label} at {busiest_bind.usage:.0%}" if busiest_bind is not None else ""
+    )
     yield Finding(
         id="ports-healthy",
         severity=Severity.OK,
         title=f"Port headroom OK: {a.n_destinations:,} destination(s), busiest at "
-        f"{a.max_usage:.0%} of {a.ports.capacity:,} usable ports",
+        f"{a.max_usage:.0%} of {a.ports.capacity:,} usable ports{bind_text}",
         detail=f"{a.totals.time_wait:,} TIME_WAIT ({a.totals.time_wait_client:,} client side), "
-        f"{a.churn_per_s:,.1f} new TIME_WAIT/s.",
+        f"{a.churn_per_s:,.1f} new TIME_WAIT/s; connect() to a new destination has "
+        f"{a.new_destination.headroom:,} ports.",
         evidence={
             "destinations": a.n_destinations,
             "max_usage": round(a.max_usage, 4),
             "capacity": a.ports.capacity,
+            "pools": [_pool_evidence(p) for p in pools[:MAX_LISTED]],
         },
     )
 
@@ -357,11 +468,12 @@ def ports_healthy(snap: Snapshot, a: Analysis) -> Iterator[Finding]:
 RULES: Final[tuple[Rule, ...]] = (
     port_exhaustion,
     port_pressure,
+    bind_pool_exhaustion,
+    bind_held_ports,
     tw_reuse_without_timestamps,
     range_swallows_listeners,
     tw_overflow,
     tw_buckets_below_count,
-    bind_held_ports,
     fin_wait2_orphans,
     server_side_time_wait,
     port_range_parity,
@@ -372,11 +484,12 @@ RULES: Final[tuple[Rule, ...]] = (
 RULE_IDS: Final = (
     "port-exhaustion",
     "port-pressure",
+    "bind-pool-exhaustion",
+    "bind-held-ports",
     "tw-reuse-without-timestamps",
     "range-swallows-listeners",
     "tw-overflow",
     "tw-buckets-below-count",
-    "bind-held-ports",
     "fin-wait2-orphans",
     "server-side-time-wait",
     "port-range-parity",

@@ -1,9 +1,12 @@
-"""The `timewait doctor --json` document (schema "timewait-doctor/1").
+"""The `timewait doctor --json` document (schema "timewait-doctor/2").
 
 Stable keys; numbers are plain JSON numbers, absent values are null. Version bumps on any
-breaking change.
+breaking change. Version 2 (issue 10) adds the pools: `pools`, the exclusive ports in `ports`,
+and per destination `headroom`, `reusable`, `bound` and `bind_like`; `capacity` and `usage`
+now leave out the ports bind() holds (inferred, see README "Pools") and count TIME_WAITs that
+tcp_tw_reuse takes over as free; remedies gain `code_c`.
 
-    schema            "timewait-doctor/1"
+    schema            "timewait-doctor/2"
     status            "healthy" | "warning" | "critical"   (exit status 0 | 1 | 2)
     exit_status       0 | 1 | 2
     snapshot          {namespace, source, kernel, hostname, time_ns, rows, notes[]}
@@ -13,8 +16,19 @@ breaking change.
                        fin_wait2 (minisockets: orphans), fin_wait2_full, established, listen,
                        bound_inactive, minisockets, sockstat_tw (kernel count or null),
                        by_state {STATE-NAME: count}}
-    ports             {range [lo, hi], range_size, reserved, listener_ports [..],
-                       bound_ports (count), capacity (usable ports per destination)}
+    ports             {range [lo, hi], range_size, reserved, budget (range - reserved: what
+                       bind(0) draws from), listener_ports [..] (in the range), bound_ports
+                       (count of bind()-only ports in the range), bound_before_connect (count of
+                       ports inferred taken by bind() then connected), orphan_server_ports [..]
+                       (left by a listener that exited), exclusive (all of these), capacity
+                       (usable ports: what connect() draws from, for every destination),
+                       inference {parity, no_sharing, same_address}: destinations each rule
+                       judged bind()'s}
+    pools             {worst {kind, label, headroom, usage}: the fullest pool;
+                       connect_new {size, held, headroom, usage}: connect() to a destination
+                       no socket uses yet; bind [{address ("0.0.0.0"|"::"|"" = any other
+                       address of the family), family, label, size, held, exclusive, headroom,
+                       usage}]: bind(addr, 0) per local address, fullest first}
     churn_per_s       host: TIME_WAITs created per second
     churn_method      "littles_law" (TIME_WAIT / 60 s) | "tw_counter" (TcpExt TW delta /
                       interval) | "tw_timers" (TIME_WAITs younger than the interval / interval)
@@ -24,11 +38,14 @@ breaking change.
     destinations      top N client-side destinations by usage (--top), each
                       {src, dst, dport, family ("ipv4"|"ipv6"), time_wait, established,
                        fin_wait2, syn_sent, other, in_use, capacity, usage (0..1),
-                       churn_per_s, trend_per_s (ports/s or null), eta_s (seconds or null)}
+                       headroom (connect()s the kernel allows toward it now), reusable
+                       (TIME_WAITs tcp_tw_reuse takes over), bound (its ports bind() holds),
+                       bind_like (its sockets bound before connecting), churn_per_s,
+                       trend_per_s (ports/s or null), eta_s (seconds or null)}
     destinations_total  how many destinations exist in all
     findings          most severe first, each {id, severity ("ok"|"info"|"warning"|"critical"),
                       title, detail, evidence {..}, remedies [{id, title, changes, risk,
-                      commands [..], code, requires}]}
+                      commands [..], code (Python), code_c (C, or ""), requires}]}
 """
 
 from __future__ import annotations
@@ -36,13 +53,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Final
 
 from timewait.doctor.analysis import HIST_BUCKET_MS, Destination
+from timewait.doctor.pools import Pool
 from timewait.doctor.remedies import Remedy
 from timewait.doctor.rules import Finding
 
 if TYPE_CHECKING:
     from timewait.doctor import Diagnosis
 
-SCHEMA: Final = "timewait-doctor/1"
+SCHEMA: Final = "timewait-doctor/2"
 
 
 def _round(x: float | None, nd: int = 3) -> float | None:
@@ -63,6 +81,10 @@ def destination_json(d: Destination) -> dict[str, Any]:
         "in_use": d.in_use,
         "capacity": d.capacity,
         "usage": round(d.usage, 6),
+        "headroom": d.headroom,
+        "reusable": d.reusable,
+        "bound": d.bound,
+        "bind_like": d.bind_like,
         "churn_per_s": _round(d.churn_per_s),
         "trend_per_s": _round(d.trend_per_s),
         "eta_s": _round(d.eta_s, 1),
@@ -77,8 +99,19 @@ def remedy_json(r: Remedy) -> dict[str, Any]:
         "risk": r.risk,
         "commands": list(r.commands),
         "code": r.code,
+        "code_c": r.code_c,
         "requires": r.requires,
     }
+
+
+def pool_json(p: Pool) -> dict[str, Any]:
+    out: dict[str, Any] = {"label": p.label}
+    if p.kind == "bind":
+        out.update(address=p.address, family=p.family)
+    out.update(size=p.size, held=p.held, headroom=p.headroom, usage=round(p.usage, 6))
+    if p.kind == "bind":
+        out["exclusive"] = p.exclusive
+    return out
 
 
 def finding_json(f: Finding) -> dict[str, Any]:
@@ -90,6 +123,11 @@ def finding_json(f: Finding) -> dict[str, Any]:
         "evidence": dict(f.evidence),
         "remedies": [remedy_json(r) for r in f.remedies],
     }
+
+
+def _worst(diagnosis: Diagnosis) -> dict[str, Any]:
+    w = diagnosis.analysis.pools(top=1)[0]
+    return {"kind": w.kind, "label": w.label, "headroom": w.headroom, "usage": round(w.usage, 6)}
 
 
 def to_json(diagnosis: Diagnosis, *, top: int | None = 10) -> dict[str, Any]:
@@ -129,9 +167,23 @@ def to_json(diagnosis: Diagnosis, *, top: int | None = 10) -> dict[str, Any]:
             "range": list(p.port_range),
             "range_size": p.range_size,
             "reserved": p.reserved,
+            "budget": p.budget,
             "listener_ports": list(p.listener_ports),
             "bound_ports": len(p.bound_ports),
+            "bound_before_connect": p.inferred_ports,
+            "orphan_server_ports": list(p.orphan_server_ports),
+            "exclusive": p.exclusive,
             "capacity": p.capacity,
+            "inference": {
+                "parity": p.parity_destinations,
+                "no_sharing": p.sharing_destinations,
+                "same_address": p.address_destinations,
+            },
+        },
+        "pools": {
+            "worst": _worst(diagnosis),
+            "connect_new": pool_json(a.new_destination),
+            "bind": [pool_json(b) for b in a.bind_pools],
         },
         "churn_per_s": round(a.churn_per_s, 3),
         "churn_method": a.churn_method,

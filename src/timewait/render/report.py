@@ -1,5 +1,6 @@
-"""The doctor's terminal report: totals, top destinations with usage bars, the TIME_WAIT timer
-histogram, findings with remedies. Pure: builds rich renderables from a Diagnosis; the CLI prints.
+"""The doctor's terminal report: totals, the pools a port comes from, top destinations with usage
+bars, the TIME_WAIT timer histogram, findings with remedies. Pure: builds rich renderables from a
+Diagnosis; the CLI prints.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from rich.text import Text
 
 from timewait.doctor import Diagnosis, Finding, Severity
 from timewait.doctor.analysis import Analysis, Destination
+from timewait.doctor.pools import KIND_BIND, Pool
 
 SEVERITY_STYLE = {
     Severity.OK: "green",
@@ -82,10 +84,15 @@ def totals_table(a: Analysis) -> Table:
     tab.add_column(justify="right")
     tab.add_column(style="dim")
     tab.add_row("sockets", f"{t.sockets:,}", "")
+    guessed = (
+        f" ({t.time_wait_server_guessed:,} of a listener that exited)"
+        if t.time_wait_server_guessed
+        else ""
+    )
     tab.add_row(
         "TIME_WAIT",
         f"{t.time_wait:,}",
-        f"{t.time_wait_client:,} client side, {t.time_wait_server:,} server side",
+        f"{t.time_wait_client:,} client side, {t.time_wait_server:,} server side{guessed}",
     )
     tab.add_row("FIN_WAIT2 orphans", f"{t.fin_wait2:,}", "minisockets waiting for the peer's FIN")
     if t.fin_wait2_full:
@@ -113,10 +120,46 @@ def totals_table(a: Analysis) -> Table:
         parts.append(f"- {p.reserved:,} reserved")
     if p.listener_ports:
         parts.append(f"- {len(p.listener_ports):,} listening")
-    if p.bound_ports:
-        parts.append(f"- {len(p.bound_ports):,} bind()-held")
-    tab.add_row("ports/destination", f"{p.capacity:,}", " ".join(parts))
+    held = len(p.bound_ports) + p.inferred_ports + len(p.orphan_server_ports)
+    if held:
+        parts.append(f"- {held:,} held by bind()")
+    tab.add_row("usable ports", f"{p.capacity:,}", " ".join(parts))
     return tab
+
+
+def pools_table(a: Analysis, rows: int = 8) -> Table:
+    """Every place a port comes from (timewait.doctor.pools), the fullest first."""
+    pools = [
+        p for p in a.pools(top=3) if not (p.kind == KIND_BIND and p.address == "" and p.held == 0)
+    ]
+    tab = Table(
+        title="Pools: where the next port comes from, and what is left",
+        title_justify="left",
+        title_style="bold",
+        show_edge=False,
+    )
+    tab.add_column("pool", no_wrap=True)
+    tab.add_column("held/size", justify="right", no_wrap=True)
+    tab.add_column("left", justify="right")
+    tab.add_column("usage", no_wrap=True)
+    tab.add_column("note", style="dim", no_wrap=True)
+    for p in pools[:rows]:
+        tab.add_row(
+            p.label,
+            f"{p.held:,}/{p.size:,}",
+            f"{p.headroom:,}",
+            Text.assemble(bar(p.usage, 10), f" {p.usage:4.0%}"),
+            _pool_note(p),
+        )
+    return tab
+
+
+def _pool_note(p: Pool) -> str:
+    if p.kind == KIND_BIND:
+        return f"{p.exclusive:,} by bind()" if p.exclusive else ""
+    if p.reusable:
+        return f"{p.reusable:,} TIME_WAIT reusable now (tcp_tw_reuse)"
+    return ""
 
 
 def destinations_table(rows: Iterable[Destination], total: int) -> Table:
@@ -131,15 +174,20 @@ def destinations_table(rows: Iterable[Destination], total: int) -> Table:
     tab.add_column("TW", justify="right")
     tab.add_column("ESTAB", justify="right")
     tab.add_column("used/ports", justify="right", no_wrap=True)
+    tab.add_column("left", justify="right")
     tab.add_column("usage", no_wrap=True)
     tab.add_column("churn/s", justify="right")
     tab.add_column("full in", justify="right", no_wrap=True)
     for d in rows:
+        label = Text(d.label)
+        if d.bind_like:
+            label.append(" bind()", style="yellow")
         tab.add_row(
-            d.label,
+            label,
             f"{d.time_wait:,}",
             f"{d.established:,}",
-            f"{d.in_use:,}/{d.capacity:,}",
+            f"{d.bound:,} bound" if d.bind_like else f"{d.in_use:,}/{d.capacity:,}",
+            f"{d.headroom:,}",
             Text.assemble(bar(d.usage, 10), f" {d.usage:4.0%}"),
             f"{d.churn_per_s:,.1f}",
             human_seconds(d.eta_s),
@@ -187,7 +235,12 @@ def finding_block(f: Finding, index: int) -> RenderableType:
             shown = line if line.startswith("#") else "$ " + line
             block.append(Text(shown, style="green", no_wrap=True, overflow="ignore"))
         if r.code:
-            block.append(Text(r.code, style="green", no_wrap=True, overflow="ignore"))
+            block.append(Text(r.code.rstrip("\n"), style="green", no_wrap=True, overflow="ignore"))
+        if r.code_c:
+            block.append(Text("/* C */", style="dim"))
+            block.append(
+                Text(r.code_c.rstrip("\n"), style="green", no_wrap=True, overflow="ignore")
+            )
         parts.append(Padding(Group(*block), (0, 0, 0, 5), expand=False))
     return Group(*parts)
 
@@ -195,6 +248,7 @@ def finding_block(f: Finding, index: int) -> RenderableType:
 def render_report(d: Diagnosis, *, top: int = 10) -> RenderableType:
     a = d.analysis
     parts: list[RenderableType] = [header(d), Text(), totals_table(a), Text()]
+    parts += [pools_table(a), Text()]
     if a.n_destinations:
         parts += [destinations_table(a.destinations(top), a.n_destinations), Text()]
     if a.totals.time_wait:

@@ -89,20 +89,36 @@ def render_frame(state: TopState, *, width: int = 100, top: int = 10) -> Rendera
         f"{a.churn_per_s:,.1f}",
         Text(sparkline(list(state.history_churn), spark_w), style="magenta"),
     )
+    worst = a.pools(top=1)[0]
     g.add_row(
-        "ports/dest",
+        "fullest pool",
+        f"{worst.headroom:,} left",
+        Text.assemble(bar(worst.usage, 8), f" {worst.usage:4.0%} ", (worst.label, "bold")),
+    )
+    new = a.new_destination
+    g.add_row(
+        "usable ports",
         f"{a.ports.capacity:,}",
         Text(
             f"{a.totals.time_wait_client:,} client TW · {a.totals.time_wait_server:,} server TW · "
-            f"{a.totals.fin_wait2:,} FIN_WAIT2 · {a.totals.established:,} ESTAB",
+            f"{a.totals.fin_wait2:,} FIN_WAIT2 · {a.totals.established:,} ESTAB · "
+            f"{a.ports.exclusive:,} held by bind()/listen() · new destination {new.headroom:,}",
             style="dim",
         ),
     )
+    if a.bind_pools:
+        b = a.bind_pools[0]
+        g.add_row(
+            "bind(0)",
+            f"{b.headroom:,} left",
+            Text.assemble(bar(b.usage, 8), f" {b.usage:4.0%} ", (b.label, "bold")),
+        )
 
     tab = Table(show_edge=False, title_justify="left", expand=False)
     tab.add_column("destination", no_wrap=True)
     tab.add_column("TW", justify="right")
     tab.add_column("in use", justify="right")
+    tab.add_column("left", justify="right")
     tab.add_column("usage")
     tab.add_column("churn/s", justify="right")
     tab.add_column("full in", justify="right")
@@ -111,12 +127,13 @@ def render_frame(state: TopState, *, width: int = 100, top: int = 10) -> Rendera
             dest.label,
             f"{dest.time_wait:,}",
             f"{dest.in_use:,}",
+            f"{dest.headroom:,}",
             Text.assemble(bar(dest.usage, 16 if width >= 110 else 8), f" {dest.usage:4.0%}"),
             f"{dest.churn_per_s:,.1f}",
             human_seconds(dest.eta_s),
         )
     if not a.n_destinations:
-        tab.add_row("(no client-side connections)", "", "", "", "", "")
+        tab.add_row("(no client-side connections)", "", "", "", "", "", "")
 
     notes = Text()
     for f in d.findings:
