@@ -39,6 +39,7 @@ PER_DEST = (
     "timewait_destination_ports_in_use",
     "timewait_destination_usable_ports",
     "timewait_destination_port_usage_ratio",
+    "timewait_destination_headroom_ports",
     "timewait_destination_time_wait_sockets",
     "timewait_destination_exhaustion_eta_seconds",
 )
@@ -415,3 +416,25 @@ def test_stuck_collection_cannot_hang_other_scrapes() -> None:
     finally:
         release.set()
         first.join()
+
+
+def test_pool_families_bounded_and_equal_to_the_doctor() -> None:
+    """The pools (issue 10): connect_new and bind pools as the doctor computes them; bind pools
+    of specific addresses are bounded by top_k like destinations (plus 4 wildcard rows)."""
+    rows = [tw(f"198.18.2.{i}", 40000 + 2 * i, S1, 80) for i in range(1, 31)]
+    rows += [tw(C, p, S2, 443) for p in range(40001, 40051, 2)]  # odd only: bound first
+    s = snap(rows)
+    a = analyze(s)
+    reg = registry_for(TimewaitCollector(source=fixed(s), ttl_s=0, top_k=5))
+    assert value(reg, "timewait_pool_headroom_ports", pool="connect_new", address="") == (
+        a.new_destination.headroom
+    ) == 75  # fmt: skip
+    assert value(reg, "timewait_exclusive_ports", why="bound_before_connect") == 25
+    binds = [x for x in series(reg, "timewait_pool_headroom_ports") if x["pool"] == "bind"]
+    assert len(binds) == 5 + 4
+    worst = a.bind_pools[0]
+    assert value(reg, "timewait_pool_headroom_ports", pool="bind", address=worst.address) == (
+        worst.headroom
+    )  # fmt: skip
+    d = a.destinations()[0]
+    assert value(reg, "timewait_destination_headroom_ports", destination=d.label) == d.headroom

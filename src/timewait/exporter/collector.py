@@ -111,8 +111,35 @@ GAUGES: Final[dict[str, tuple[str, tuple[str, ...], str]]] = {
     ),
     "timewait_usable_ports": (
         "Ephemeral ports connect() can use toward any one destination: the range minus "
-        "reserved and bind()-held ports.",
+        "reserved and bind()-held ports (listeners, bind()-only sockets, and sockets that "
+        "bound before connecting, inferred: README 'Pools').",
         NS,
+        "",
+    ),
+    "timewait_exclusive_ports": (
+        "Ports of the range connect() cannot share, by why: listener, bound (bind() only), "
+        "bound_before_connect (inferred), orphan_server (left by a listener that exited).",
+        ("netns", "why"),
+        "",
+    ),
+    "timewait_pool_headroom_ports": (
+        "What the kernel allows next, per pool: pool=connect_new (connect() to a destination "
+        "nobody uses yet), pool=bind (bind(address, 0); address 0.0.0.0/:: = the wildcards, "
+        "other_ipv4/other_ipv6 = any address that holds no port). Per-destination connect() "
+        "pools are timewait_destination_headroom_ports. bind pools: the top K addresses.",
+        ("netns", "pool", "address"),
+        "",
+    ),
+    "timewait_pool_usage_ratio": (
+        "1 - headroom / size of the pool (same labels as timewait_pool_headroom_ports).",
+        ("netns", "pool", "address"),
+        "ratio",
+    ),
+    "timewait_destination_headroom_ports": (
+        "connect()s the kernel allows toward the destination now: usable ports minus its "
+        "four-tuples plus TIME_WAITs tcp_tw_reuse takes over. "
+        'destination="other": the sum over the destinations past the top K.',
+        DEST,
         "",
     ),
     "timewait_destinations": (
@@ -309,6 +336,26 @@ def namespace_samples(
     yield Sample("timewait_usable_ports", (), cap)
     n = a.n_destinations
     yield Sample("timewait_destinations", (), n)
+    p = a.ports
+    for why, count in (
+        ("listener", len(p.listener_ports)),
+        ("bound", len(p.bound_ports)),
+        ("bound_before_connect", p.inferred_ports),
+        ("orphan_server", len(p.orphan_server_ports)),
+    ):
+        yield Sample("timewait_exclusive_ports", (why,), count)
+    new = a.new_destination
+    yield Sample("timewait_pool_headroom_ports", ("connect_new", ""), new.headroom)
+    yield Sample("timewait_pool_usage_ratio", ("connect_new", ""), new.usage)
+    specific = 0
+    for b in a.bind_pools:  # fullest first
+        if b.address not in ("", "0.0.0.0", "::"):
+            specific += 1
+            if specific > top_k:
+                continue
+        address = b.address or f"other_{b.family}"
+        yield Sample("timewait_pool_headroom_ports", ("bind", address), b.headroom)
+        yield Sample("timewait_pool_usage_ratio", ("bind", address), b.usage)
 
     # Top K by usage (the analysis' order), then one aggregate for the rest.
     k = min(top_k, n)
@@ -318,6 +365,7 @@ def namespace_samples(
         yield Sample("timewait_destination_ports_in_use", (d.label,), d.in_use)
         yield Sample("timewait_destination_usable_ports", (d.label,), d.capacity)
         yield Sample("timewait_destination_port_usage_ratio", (d.label,), d.usage)
+        yield Sample("timewait_destination_headroom_ports", (d.label,), d.headroom)
         yield Sample("timewait_destination_time_wait_sockets", (d.label,), d.time_wait)
         if d.eta_s is not None:
             yield Sample("timewait_destination_exhaustion_eta_seconds", (d.label,), d.eta_s)
@@ -328,6 +376,8 @@ def namespace_samples(
         yield Sample("timewait_destination_ports_in_use", (OTHER,), in_use)
         yield Sample("timewait_destination_usable_ports", (OTHER,), budget)
         yield Sample("timewait_destination_port_usage_ratio", (OTHER,), ratio)
+        rest_headroom = int(a.dest_headroom[k:].sum())
+        yield Sample("timewait_destination_headroom_ports", (OTHER,), rest_headroom)
         yield Sample(
             "timewait_destination_time_wait_sockets", (OTHER,), int(a.dest_counts[k:, 0].sum())
         )
