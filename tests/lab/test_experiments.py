@@ -54,12 +54,20 @@ def _namespaces() -> list[str]:
     return sorted(x.name for x in p.iterdir()) if p.exists() else []
 
 
-def test_catalog_has_the_ten_experiments() -> None:
+def test_catalog_has_the_eleven_experiments() -> None:
     assert set(load_catalog()) == {
         "exhaustion", "tw-reuse", "reuseaddr-restart", "lost-final-ack", "fin-timeout-myth",
         "max-tw-buckets", "who-closes-first", "bind-before-connect", "http-pooling",
-        "nginx-keepalive",
+        "nginx-keepalive", "pool-headroom",
     }  # fmt: skip
+
+
+def test_pool_headroom_doctor_equals_kernel_in_the_quick_form() -> None:
+    """The quick form (the bind-before-connect exhaustion) through the lab command's path;
+    tests/doctor/test_pools_kernel.py holds every population to the same standard."""
+    r = _run("pool-headroom")
+    assert r.rows and all(row.kernel == row.model for row in r.rows)
+    assert r.kernel["bind-before-connect-full"]["bind(198.18.0.1, 0)"] == 0
 
 
 def test_exhaustion_first_failure_at_usable_over_rate() -> None:
