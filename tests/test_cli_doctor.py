@@ -109,7 +109,7 @@ def test_missing_from_file_is_one_line_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "args",
     [("doctor", "--bogus"), ("doctor", "--from", "x", "--netns", "y"),
-     ("doctor", "--from", "x", "--interval", "2"), ("doctor", "--interval", "0"),
+     ("doctor", "--from", "x", "--interval", "2"), ("doctor", "--interval", "0.05"),
      ("doctor", "--top", "-1"), ("snapshot",), ("top", "--interval", "0")],
 )  # fmt: skip
 def test_bad_flags_are_usage_errors(args: tuple[str, ...]) -> None:
@@ -199,3 +199,35 @@ def test_top_in_tmux_refreshes_and_quits_cleanly(tmp_path: Path, tmux_session, k
     pane = _wait_for(t, name, "TOP-EXIT=")
     assert "TOP-EXIT=0" in pane
     assert "timewait top" not in pane  # alternate screen left: the view is gone
+
+
+def test_damaged_snapshot_header_is_one_line_error_exit_3(tmp_path: Path) -> None:
+    """issue 17: a non-integer counter gave a traceback and exit 1."""
+    import io
+    import json
+
+    import numpy as np
+
+    from timewait.snapshot import SOCKET_DTYPE
+
+    meta = {"format": "timewait-snapshot", "version": 2, "rows": 0, "counters": {"TW": "x"}}
+    buf = io.BytesIO()
+    np.savez(
+        buf,
+        sockets=np.zeros(0, SOCKET_DTYPE),
+        meta=np.frombuffer(json.dumps(meta).encode(), np.uint8),
+    )
+    f = tmp_path / "bad.npz"
+    f.write_bytes(buf.getvalue())
+    r = run("doctor", "--from", str(f))
+    assert r.exit_status == ExitStatus.ERROR == 3
+    assert r.stderr.count("\n") == 1 and "damaged header (counters must map" in r.stderr
+
+
+def test_live_doctor_reads_the_churn_now_and_interval_0_does_not() -> None:
+    """issue 17: one snapshot cannot know the rate; the live doctor reads the counters around
+    it (churn_method tw_counter), --interval 0 asks for one snapshot (Little's law)."""
+    live = json.loads(run("doctor", "--json").stdout)
+    assert live["churn_method"] == "tw_counter" and live["rate_window_s"] > 0
+    one = json.loads(run("doctor", "--json", "--interval", "0").stdout)
+    assert one["churn_method"] == "littles_law" and one["rate_window_s"] is None

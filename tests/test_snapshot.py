@@ -100,3 +100,81 @@ def test_model_host_produces_the_same_shape() -> None:
     assert int((srv.sockets["state"] == TCP_LISTEN).sum()) == 1
     assert snap.counters["TW"] == 1 and snap.counters["sockstat.tw"] == 1
     assert lfd
+
+
+def _file(meta_changes: dict[str, object], sockets: np.ndarray | None = None) -> bytes:
+    """A snapshot file whose header (and table) were edited after the fact."""
+    import io
+    import json
+
+    snap = sample()
+    with np.load(io.BytesIO(snap.to_bytes()), allow_pickle=False) as z:
+        meta = json.loads(bytes(z["meta"]).decode())
+        arr = z["sockets"] if sockets is None else sockets
+    meta.update(meta_changes, rows=len(arr))
+    buf = io.BytesIO()
+    np.savez_compressed(buf, sockets=arr, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"counters": {"TW": "many"}}, "counters must map names to integers"),
+        ({"counters": [1, 2]}, "counters must map names to integers"),
+        ({"notes": "oops"}, "notes must be a list of text"),
+        ({"notes": [1]}, "notes must be a list of text"),
+        ({"time_ns": "yesterday"}, "time_ns must be a non-negative integer"),
+        ({"monotonic_ns": -5}, "monotonic_ns must be a non-negative integer"),
+        ({"namespace": 7}, "namespace must be text"),
+        ({"config": {"tcp_tw_reuse": "9"}}, "config: net.ipv4.tcp_tw_reuse = 9"),
+        ({"config": {"tcp_tw_reuse": 1}}, "config must map sysctl names to their text"),
+        ({"counters_before": {"TW": 1.5}}, "counters_before must map names to integers"),
+    ],
+)
+def test_damaged_header_is_a_one_line_error(change: dict[str, object], message: str) -> None:
+    """issue 17: a non-integer counter or notes of the wrong type were a traceback."""
+    with pytest.raises(MalformedSnapshot, match="damaged header") as e:
+        Snapshot.from_bytes(_file(change), name="x.npz")
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_random_socket_table_is_refused_not_diagnosed() -> None:
+    """issue 17: a table of random bytes was reported HEALTHY."""
+    rng = np.random.default_rng(3)
+    junk = np.frombuffer(rng.bytes(SOCKET_DTYPE.itemsize * 50), dtype=SOCKET_DTYPE).copy()
+    with pytest.raises(MalformedSnapshot, match="damaged socket table"):
+        Snapshot.from_bytes(_file({}, junk), name="x.npz")
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "problem"),
+    [
+        ("family", 7, "a family other than IPv4/IPv6"),
+        ("state", 0, "a TCP state outside 1..13"),
+        ("state", 42, "a TCP state outside 1..13"),
+        ("timer", 9, "a timer kind outside 0..4"),
+        ("dst", addr_bytes("2001:db8::9"), "an IPv4 row whose dst is not an IPv4 address"),
+        ("dport", 0, "a connected socket with remote port 0"),
+    ],
+)
+def test_each_impossible_column_is_named(column: str, value: object, problem: str) -> None:
+    arr = sample().sockets.copy()
+    arr[0][column] = value
+    with pytest.raises(MalformedSnapshot, match="damaged socket table") as e:
+        Snapshot.from_bytes(_file({}, arr), name="x.npz")
+    assert problem in str(e.value)
+
+
+def test_version_1_files_still_load() -> None:
+    s = Snapshot.from_bytes(_file({"version": 1}), name="old.npz")
+    assert s.counters_before == {} and s.counters_window_ns == 0 and len(s) == 3
+
+
+def test_rate_window_round_trips(tmp_path) -> None:
+    import dataclasses
+
+    snap = dataclasses.replace(sample(), counters_before={"TW": 2}, counters_window_ns=300_000_000)
+    snap.save(tmp_path / "r.npz")
+    back = Snapshot.load(tmp_path / "r.npz")
+    assert back.counters_before == {"TW": 2} and back.counters_window_ns == 300_000_000

@@ -1,5 +1,9 @@
 """The `timewait` command: a thin layer that parses arguments, calls the library, renders results
 and turns errors into exit statuses (timewait.status.ExitStatus). No logic lives here.
+
+Start-up is kept cheap (issue 10 item 5): numpy, rich and each command's modules are imported
+by the command that needs them, and the `sim` and `lab` groups load on first use (LazyGroup), so
+`timewait --help` pays for click alone.
 """
 
 from __future__ import annotations
@@ -8,17 +12,20 @@ import contextlib
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import click
-from rich.console import Console
 
 from timewait import __version__
 from timewait.config import PROFILES, KernelConfig, get_profile
 from timewait.env import Environment
 from timewait.errors import TimewaitError
-from timewait.snapshot import Snapshot
 from timewait.status import ExitStatus
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from timewait.snapshot import Snapshot
 
 
 def parse_sets(values: Sequence[str], base: KernelConfig | None = None) -> KernelConfig:
@@ -72,6 +79,8 @@ class Ctx:
 
     def console(self, width: int | None = None) -> Console:
         """A rich console on env.stdout: colour only on a terminal, 100 columns otherwise."""
+        from rich.console import Console
+
         tty = bool(self.env.stdout_isatty)
         return Console(
             file=self.env.stdout,
@@ -106,7 +115,47 @@ profile_option = click.option(
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """A group whose subgroups live in their own modules, imported when first used (the click
+    documentation's lazy-loading pattern): `timewait --help` does not import the simulator."""
+
+    lazy: ClassVar[dict[str, tuple[str, str]]] = {
+        "sim": ("timewait.sim.command", "sim_group"),
+        "lab": ("timewait.lab.command", "lab_group"),
+    }
+    lazy_help: ClassVar[dict[str, str]] = {
+        "sim": "The scenario catalog on the model: list, run, plot, trace.",
+        "lab": "Experiments on the running kernel in throwaway namespaces, beside the model.",
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.lazy and name not in self.commands:
+            import importlib
+
+            module, attr = self.lazy[name]
+            cmd = getattr(importlib.import_module(module), attr)
+            self.add_command(cmd, name)
+        return super().get_command(ctx, name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """List lazy groups with a short help line, without importing them."""
+        rows = []
+        for name in self.list_commands(ctx):
+            if name in self.commands:
+                cmd = self.commands[name]
+                if not cmd.hidden:
+                    rows.append((name, cmd.get_short_help_str(formatter.width)))
+            else:
+                rows.append((name, self.lazy_help[name]))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="timewait")
 @click.option(
     "--traceback", is_flag=True, help="Show Python tracebacks instead of one-line errors."
@@ -218,7 +267,9 @@ class LiveUnavailable(TimewaitError):
     """The live collector (timewait.live) cannot be used here."""
 
 
-def capture_live(netns: str | None, pid: int | None, source: str = "auto") -> Snapshot:
+def capture_live(
+    netns: str | None, pid: int | None, source: str = "auto", *, rate_window: bool = False
+) -> Snapshot:
     """One live Snapshot (imported lazily: the collector does I/O and needs Linux)."""
     try:
         from timewait.live.capture import capture
@@ -226,11 +277,13 @@ def capture_live(netns: str | None, pid: int | None, source: str = "auto") -> Sn
         raise LiveUnavailable(
             f"live capture is not available ({e}): analyze a saved file with --from FILE"
         ) from None
-    return capture(netns=netns, pid=pid, source=source)
+    return capture(netns=netns, pid=pid, source=source, rate_window=rate_window)
 
 
 def load_snapshots(files: Sequence[str]) -> tuple[Snapshot, Snapshot | None]:
     """--from FILE [--from FILE2]: (current, previous); the later capture is the current one."""
+    from timewait.snapshot import Snapshot
+
     snaps = [Snapshot.load(f) for f in files]
     if len(snaps) == 1:
         return snaps[0], None
@@ -287,10 +340,12 @@ def _check_targets(from_files: Sequence[str], netns: str | None, pid: int | None
 )
 @click.option(
     "--interval",
-    type=click.FloatRange(min=0.1, max=60.0),
+    type=click.FloatRange(min=0.0, max=60.0),
     metavar="S",
     help="Take two live snapshots S seconds apart (0.1-60): churn from the TcpExt TW counter, "
-    "the trend and time to exhaustion from the change in ports in use.",
+    "the trend and time to exhaustion from the change in ports in use. Without it the doctor "
+    "reads the counters around its one snapshot (a few ms, up to 1 s while TIME_WAITs are "
+    "being made) for the churn now; 0 skips that: one snapshot, churn = TIME_WAIT / 60 s.",
 )
 @click.option(
     "--top",
@@ -331,16 +386,21 @@ def doctor(
         raise click.UsageError(
             "--interval takes two live snapshots; with saved captures give --from twice"
         )
+    if interval is not None and 0 < interval < 0.1:
+        raise click.BadParameter(
+            f"{interval} is too short to measure a rate: give 0.1-60 s, or 0 for one snapshot",
+            param_hint="--interval",
+        )
     if from_files:
         current, previous = load_snapshots(from_files)
     else:
         previous = None
-        if interval is not None:
+        if interval:
             import time
 
             previous = capture_live(netns, pid, source)
             time.sleep(interval)
-        current = capture_live(netns, pid, source)
+        current = capture_live(netns, pid, source, rate_window=interval is None)
     diagnosis = diagnose(current, previous)
     n_top = None if top == 0 else top
     if as_json:
@@ -444,6 +504,8 @@ def top_cmd(
 
     _check_targets(from_files, netns, pid)
     if from_files:
+        from timewait.snapshot import Snapshot
+
         snaps = [Snapshot.load(f) for f in from_files]
         counter = iter(range(1 << 62))
 
@@ -514,18 +576,6 @@ def exporter_cmd(obj: Ctx, listen: str | None, netns_list: tuple[str, ...], top_
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--listen") from None
     serve(listen=listen, netns=netns_list, top_k=top_k, log_stream=obj.env.stderr)
-
-
-def _register_groups() -> None:
-    """Command groups that live in their own modules (they import their heavy parts lazily)."""
-    from timewait.lab.command import lab_group
-    from timewait.sim.command import sim_group
-
-    cli.add_command(sim_group, "sim")
-    cli.add_command(lab_group, "lab")
-
-
-_register_groups()
 
 
 def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> int:

@@ -16,7 +16,13 @@ exactly what sock_diag and /proc/net/tcp report, and `minisock` marks them (idia
 ref 9.3/9.4). State 13 (TCP_BOUND_INACTIVE, Linux 6.5+) is a socket that bind() holds without
 listening or connecting: it owns its port.
 
+A live capture may also carry the kernel counters read a moment before the dump
+(`counters_before`, `counters_window_ns` earlier): the TcpExt TW delta over that window is the
+current churn, which one socket table alone cannot give (issue 17).
+
 Files are numpy .npz archives holding the array and a JSON header with a format version.
+Everything is validated on load (`from_bytes`): a damaged or forged file is a one-line
+MalformedSnapshot, never a traceback or a diagnosis of nonsense.
 """
 
 from __future__ import annotations
@@ -36,7 +42,8 @@ from timewait.config import KernelConfig
 from timewait.errors import TimewaitError
 
 FORMAT: Final = "timewait-snapshot"
-FORMAT_VERSION: Final = 1
+FORMAT_VERSION: Final = 2  # 2 adds counters_before / counters_window_ns; 1 is still read
+READABLE_VERSIONS: Final = (1, 2)
 
 AF_INET: Final = 2
 AF_INET6: Final = 10
@@ -111,6 +118,29 @@ def addr_str(raw: bytes | np.void) -> str:
     return str(ipaddress.IPv6Address(b))
 
 
+def check_sockets(arr: np.ndarray) -> str:
+    """What is impossible in a socket table, or "" (a kernel never dumps such rows)."""
+    fam = arr["family"]
+    if not np.isin(fam, (AF_INET, AF_INET6)).all():
+        return "a family other than IPv4/IPv6"
+    st = arr["state"]
+    if ((st < TCP_ESTABLISHED) | (st > TCP_BOUND_INACTIVE)).any():
+        return "a TCP state outside 1..13"
+    if (arr["timer"] > 4).any():
+        return "a timer kind outside 0..4"
+    mini = arr["minisock"]
+    if (mini & ~np.isin(st, (TCP_FIN_WAIT2, TCP_TIME_WAIT))).any():
+        return "a minisocket that is not TIME_WAIT or FIN_WAIT2"
+    for col in ("src", "dst"):
+        halves = np.ascontiguousarray(arr[col]).view(">u8").reshape(-1, 2)
+        mapped = (halves[:, 0] == 0) & ((halves[:, 1] >> np.uint64(32)) == 0xFFFF)
+        if (~mapped & (fam == AF_INET)).any():
+            return f"an IPv4 row whose {col} is not an IPv4 address"
+    if ((arr["dport"] == 0) & ~np.isin(st, (TCP_LISTEN, TCP_BOUND_INACTIVE, TCP_CLOSE))).any():
+        return "a connected socket with remote port 0"
+    return ""
+
+
 def empty_sockets(n: int = 0) -> np.ndarray:
     return np.zeros(n, dtype=SOCKET_DTYPE)
 
@@ -156,6 +186,9 @@ class Snapshot:
         source: "sock_diag", "proc", "model" or "file:<original source>".
         hostname: the machine's name, when known.
         notes: what the collector could not see (e.g. "no root: ..."), shown with findings.
+        counters_before: the same counters read `counters_window_ns` before `counters`
+            (a live capture's rate window), or empty.
+        counters_window_ns: the time between the two counter reads; 0 when there is no window.
     """
 
     sockets: np.ndarray
@@ -168,6 +201,8 @@ class Snapshot:
     source: str = "unknown"
     hostname: str = ""
     notes: tuple[str, ...] = ()
+    counters_before: Mapping[str, int] = field(default_factory=dict)
+    counters_window_ns: int = 0
 
     def __post_init__(self) -> None:
         if self.sockets.dtype != SOCKET_DTYPE:
@@ -180,6 +215,7 @@ class Snapshot:
             arr.flags.writeable = False
             object.__setattr__(self, "sockets", arr)
         object.__setattr__(self, "counters", dict(self.counters))
+        object.__setattr__(self, "counters_before", dict(self.counters_before))
 
     def __len__(self) -> int:
         return int(self.sockets.shape[0])
@@ -209,6 +245,8 @@ class Snapshot:
             "source": self.source,
             "hostname": self.hostname,
             "notes": list(self.notes),
+            "counters_before": dict(self.counters_before),
+            "counters_window_ns": self.counters_window_ns,
             "rows": len(self),
         }
         buf = io.BytesIO()
@@ -232,7 +270,10 @@ class Snapshot:
 
     @classmethod
     def from_bytes(cls, data: bytes, *, name: str = "snapshot") -> Snapshot:
-        """Parse a file's content; MalformedSnapshot says what is wrong and what to do."""
+        """Parse a file's content; MalformedSnapshot says what is wrong and what to do.
+
+        Every field is checked: the header's types, the config against the kernel's bounds,
+        and the socket table's columns (check_sockets)."""
         hint = "re-capture it with `timewait snapshot -o FILE`"
         try:
             with np.load(io.BytesIO(data), allow_pickle=False) as z:
@@ -245,25 +286,64 @@ class Snapshot:
             ) from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise MalformedSnapshot(f"{name} is not a timewait snapshot: {hint}")
-        if meta.get("version") != FORMAT_VERSION:
+        if meta.get("version") not in READABLE_VERSIONS:
             raise MalformedSnapshot(
                 f"{name} has snapshot format version {meta.get('version')}, this timewait reads "
-                f"version {FORMAT_VERSION}: {hint} with this version"
+                f"versions {', '.join(map(str, READABLE_VERSIONS))}: {hint} with this version"
             )
         if sockets.dtype != SOCKET_DTYPE or sockets.shape != (meta.get("rows"),):
             raise MalformedSnapshot(f"{name} has a damaged socket table: {hint}")
-        src = str(meta.get("source", "unknown"))
+
+        def bad(what: str) -> MalformedSnapshot:
+            return MalformedSnapshot(f"{name} has a damaged header ({what}): {hint}")
+
+        def counters(key: str) -> dict[str, int]:
+            raw = meta.get(key, {})
+            if not isinstance(raw, dict) or not all(
+                isinstance(v, int) and not isinstance(v, bool) for v in raw.values()
+            ):
+                raise bad(f"{key} must map names to integers")
+            return {str(k): int(v) for k, v in raw.items()}
+
+        def integer(key: str) -> int:
+            v = meta.get(key, 0)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise bad(f"{key} must be a non-negative integer")
+            return v
+
+        def text(key: str) -> str:
+            v = meta.get(key, "")
+            if not isinstance(v, str):
+                raise bad(f"{key} must be text")
+            return v
+
+        notes = meta.get("notes", [])
+        if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
+            raise bad("notes must be a list of text")
+        cfg = meta.get("config", {})
+        if not isinstance(cfg, dict) or not all(isinstance(v, str) for v in cfg.values()):
+            raise bad("config must map sysctl names to their text")
+        try:
+            config = KernelConfig.from_sysctl(cfg)
+        except TimewaitError as e:
+            raise bad(f"config: {e}") from None
+        problem = check_sockets(sockets)
+        if problem:
+            raise MalformedSnapshot(f"{name} has a damaged socket table ({problem}): {hint}")
+        src = text("source") or "unknown"
         return cls(
             sockets=sockets,
-            config=KernelConfig.from_sysctl(meta.get("config", {})),
-            counters={str(k): int(v) for k, v in meta.get("counters", {}).items()},
-            time_ns=int(meta.get("time_ns", 0)),
-            monotonic_ns=int(meta.get("monotonic_ns", 0)),
-            kernel=str(meta.get("kernel", "")),
-            namespace=str(meta.get("namespace", "")),
+            config=config,
+            counters=counters("counters"),
+            time_ns=integer("time_ns"),
+            monotonic_ns=integer("monotonic_ns"),
+            kernel=text("kernel"),
+            namespace=text("namespace"),
             source=src if src.startswith("file:") else f"file:{src}",
-            hostname=str(meta.get("hostname", "")),
-            notes=tuple(str(n) for n in meta.get("notes", [])),
+            hostname=text("hostname"),
+            notes=tuple(notes),
+            counters_before=counters("counters_before"),
+            counters_window_ns=integer("counters_window_ns"),
         )
 
     @classmethod

@@ -11,7 +11,7 @@ from .helpers import S1, V6C, V6S, C, listener, snap, tw, tws
 TOP_KEYS = {
     "schema", "status", "exit_status", "snapshot", "interval_s", "config", "totals", "ports",
     "churn_per_s", "churn_method", "trend_method", "timer_histogram", "memory_bytes",
-    "destinations", "destinations_total", "findings", "pools",
+    "destinations", "destinations_total", "findings", "pools", "rate_window_s",
 }  # fmt: skip
 DEST_KEYS = {
     "src", "dst", "dport", "family", "time_wait", "established", "fin_wait2", "syn_sent",

@@ -27,8 +27,13 @@ What is counted, and why (ref = ../shared/reference/linux-timewait.md):
   FIN_WAIT2 or TIME_WAIT socket each hold their four-tuple). Exclusive ports toward it are
   counted apart (`bound`). Reusable: its TIME_WAITs that tcp_tw_reuse lets connect() take over
   now (ref 3). Headroom = capacity - in use + reusable, usage = 1 - headroom / capacity.
-- Churn (TIME_WAITs created per second). One snapshot: Little's law, L = lambda * W with
-  W = TCP_TIMEWAIT_LEN = 60 s, so churn = TIME_WAIT / 60 s (ref 9.2, landscape 9.3). Two snapshots
+- Churn (TIME_WAITs created per second). A live capture with a rate window (counters read
+  before and after the dump, live/capture.py): the host's churn is the TcpExt TW delta over the
+  window -- the rate now, not an average -- and each destination gets its share of the
+  TIME_WAITs made in the last 10 s; trend = its churn - its TIME_WAITs expiring in the next
+  10 s / 10 s. One snapshot without a window (a saved file, say): Little's law,
+  L = lambda * W with W = TCP_TIMEWAIT_LEN = 60 s, so churn = TIME_WAIT / 60 s (ref 9.2,
+  landscape 9.3), an average over the last minute, and the report says so. Two snapshots
   `interval_s` apart: per destination, the TIME_WAITs younger than the interval (age =
   60 s - timer left, read from idiag_expires) divided by the interval -- a direct count of what
   was created, no matching of rows needed; for the host, the TcpExt TW counter delta / interval
@@ -202,7 +207,9 @@ class Analysis:
     churn_per_s: float  # host: TIME_WAITs created per second
     churn_method: str  # "littles_law" or "tw_counter" or "tw_timers"
     interval_s: float | None
+    rate_window_s: float | None  # the live capture's counter window (churn_method tw_counter)
     counters_delta: Mapping[str, int]  # counter increase since the previous snapshot
+    # (or over the capture's rate window, when there is one)
     server_time_wait_by_port: Mapping[int, int]  # listening port -> server-side TIME_WAITs
     dest_src: np.ndarray  # V16
     dest_dst: np.ndarray  # V16
@@ -215,7 +222,7 @@ class Analysis:
     dest_bind_like: np.ndarray  # bool
     dest_churn: np.ndarray  # float64, TIME_WAITs created per second
     dest_trend: np.ndarray  # float64 ports per second; nan = unknown
-    trend_method: str  # "interval" or "tw_timers"
+    trend_method: str  # "interval", "tw_counter" (rate window) or "tw_timers"
     bind_pools: tuple[P.Pool, ...] = ()
 
     @property
@@ -491,10 +498,11 @@ def analyze(snapshot: Snapshot, previous: Snapshot | None = None) -> Analysis:
     server_by_port = {int(p): int(c) for p, c in zip(sp, sc, strict=True)}
 
     delta: dict[str, int] = {}
-    if previous is not None:
-        for k, v in snapshot.counters.items():
-            if k in previous.counters and not k.startswith("sockstat."):
-                delta[k] = int(v) - int(previous.counters[k])
+    window_s = snapshot.counters_window_ns / 1e9
+    base = previous.counters if previous is not None else snapshot.counters_before
+    for k, v in snapshot.counters.items():
+        if k in base and not k.startswith("sockstat."):
+            delta[k] = int(v) - int(base[k])
 
     # -- destinations and pools --------------------------------------------------------------
     client = ~server_row
@@ -534,6 +542,15 @@ def analyze(snapshot: Snapshot, previous: Snapshot | None = None) -> Analysis:
         else:
             host_churn = float(_young_tw(s, win).sum()) / interval_s
             churn_method = "tw_timers"
+    elif window_s > 0 and delta.get("TW", -1) >= 0:
+        # Rate window: the host's churn now; each destination its share of the recent ones.
+        host_churn, churn_method = delta["TW"] / window_s, "tw_counter"
+        young = _per_group(gid, ng, _young_tw(cur, TREND_WINDOW_MS)).astype(np.float64)
+        share = young / young.sum() if young.sum() else young
+        churn = host_churn * share
+        old = _per_group(gid, ng, (cst == TCP_TIME_WAIT) & (cur["expires_ms"] < TREND_WINDOW_MS))
+        trend = churn - old / (TREND_WINDOW_MS / 1000)
+        trend_method = "tw_counter"
     else:
         churn = counts[:, 0] / (TIME_WAIT_MS / 1000)
         young = _per_group(gid, ng, _young_tw(cur, TREND_WINDOW_MS))
@@ -558,6 +575,7 @@ def analyze(snapshot: Snapshot, previous: Snapshot | None = None) -> Analysis:
         churn_per_s=float(host_churn),
         churn_method=churn_method,
         interval_s=interval_s,
+        rate_window_s=window_s if previous is None and window_s > 0 else None,
         counters_delta=delta,
         server_time_wait_by_port=server_by_port,
         dest_src=src_rows["src"],

@@ -138,16 +138,30 @@ def port_exhaustion(snap: Snapshot, a: Analysis) -> Iterator[Finding]:
     )
 
 
+def _trend_basis(a: Analysis) -> str:
+    """Where the trend comes from, in words: a measured rate or one snapshot's timers."""
+    if a.trend_method == "interval" and a.interval_s:
+        return f"measured over {a.interval_s:.1f} s"
+    if a.trend_method == "tw_counter" and a.rate_window_s:
+        return f"churn measured over {a.rate_window_s:.2f} s"
+    return "one snapshot's TIME_WAIT timers, the last 10 s: --interval measures it"
+
+
+def _soon(a: Analysis) -> list[Destination]:
+    """Destinations between a quarter and 70 % full that fill within 10 minutes."""
+    eta = a.dest_eta
+    usage = a.dest_usage
+    with np.errstate(invalid="ignore"):
+        mask = (usage >= ETA_MIN_USAGE) & (usage < WARNING_USAGE) & (eta < WARNING_ETA_S)
+    mask &= ~a.dest_bind_like
+    return [a.destination(int(i)) for i in np.flatnonzero(mask)]
+
+
 def port_pressure(snap: Snapshot, a: Analysis) -> Iterator[Finding]:
     """Warning: 70-90 % used, or full within 10 minutes at the current trend."""
     ctx = context(snap)
     hot = _pressured(a, WARNING_USAGE, CRITICAL_USAGE)
-    eta = a.dest_eta
-    usage = a.dest_usage
-    with np.errstate(invalid="ignore"):
-        soon_mask = (usage >= ETA_MIN_USAGE) & (usage < WARNING_USAGE) & (eta < WARNING_ETA_S)
-    soon_mask &= ~a.dest_bind_like
-    soon = [a.destination(int(i)) for i in np.flatnonzero(soon_mask)]
+    soon = _soon(a)
     both = hot + soon
     if not both:
         return
@@ -157,7 +171,7 @@ def port_pressure(snap: Snapshot, a: Analysis) -> Iterator[Finding]:
         f"{worst.label} at {worst.usage:.0%}"
         if hot
         else f"{len(soon)} destination(s) will run out of ports within "
-        f"{WARNING_ETA_S / 60:.0f} minutes at the current trend"
+        f"{WARNING_ETA_S / 60:.0f} minutes at the current trend ({_trend_basis(a)})"
     )
     yield Finding(
         id="port-pressure",
@@ -169,6 +183,7 @@ def port_pressure(snap: Snapshot, a: Analysis) -> Iterator[Finding]:
             "destinations": [_dest_evidence(d) for d in both[:MAX_LISTED]],
             "count": len(both),
             "trend_method": a.trend_method,
+            "churn_method": a.churn_method,
         },
         remedies=_port_remedies(a, ctx),
     )
@@ -442,8 +457,8 @@ def collector_notes(snap: Snapshot, a: Analysis) -> Iterator[Finding]:
 def ports_healthy(snap: Snapshot, a: Analysis) -> Iterator[Finding]:
     """OK: every pool has headroom (says what was checked)."""
     pools = a.pools(top=1)
-    if any(p.usage >= WARNING_USAGE for p in pools):
-        return
+    if any(p.usage >= WARNING_USAGE for p in pools) or _soon(a):
+        return  # never OK beside a warning about the same ports
     busiest_bind = a.bind_pools[0] if a.bind_pools else None
     bind_text = (
         f"; {busiest_bind.label} at {busiest_bind.usage:.0%}" if busiest_bind is not None else ""

@@ -11,6 +11,8 @@ tcp_tw_reuse takes over as free; remedies gain `code_c`.
     exit_status       0 | 1 | 2
     snapshot          {namespace, source, kernel, hostname, time_ns, rows, notes[]}
     interval_s        seconds between the two snapshots, or null for one snapshot
+    rate_window_s     seconds between the live capture's two counter reads (its churn is the
+                      TcpExt TW delta over them), or null
     config            every modelled sysctl as the kernel prints it (KernelConfig.to_sysctl())
     totals            {sockets, time_wait, time_wait_server, time_wait_client,
                        fin_wait2 (minisockets: orphans), fin_wait2_full, established, listen,
@@ -30,9 +32,11 @@ tcp_tw_reuse takes over as free; remedies gain `code_c`.
                        address of the family), family, label, size, held, exclusive, headroom,
                        usage}]: bind(addr, 0) per local address, fullest first}
     churn_per_s       host: TIME_WAITs created per second
-    churn_method      "littles_law" (TIME_WAIT / 60 s) | "tw_counter" (TcpExt TW delta /
-                      interval) | "tw_timers" (TIME_WAITs younger than the interval / interval)
-    trend_method      "tw_timers" (one snapshot) | "interval" (in_use delta / interval)
+    churn_method      "littles_law" (TIME_WAIT / 60 s: an average over the last minute) |
+                      "tw_counter" (TcpExt TW delta / interval or rate window: the rate now) |
+                      "tw_timers" (TIME_WAITs younger than the interval / interval)
+    trend_method      "tw_timers" (one snapshot) | "tw_counter" (rate window: churn - expiring)
+                      | "interval" (in_use delta / interval)
     timer_histogram   {bucket_s: 10, counts: [6 ints]}: TIME_WAITs by time left, [0,10) s first
     memory_bytes      {minisockets, full_sockets, file_objects, total}
     destinations      top N client-side destinations by usage (--top), each
@@ -148,6 +152,7 @@ def to_json(diagnosis: Diagnosis, *, top: int | None = 10) -> dict[str, Any]:
             "notes": list(snap.notes),
         },
         "interval_s": a.interval_s,
+        "rate_window_s": None if a.rate_window_s is None else round(a.rate_window_s, 3),
         "config": snap.config.to_sysctl(),
         "totals": {
             "sockets": t.sockets,

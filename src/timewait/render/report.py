@@ -74,6 +74,8 @@ def header(d: Diagnosis) -> Text:
     t.append(f"\n{where} · {snap.source} · kernel {snap.kernel or '?'} · {when}", style="dim")
     if d.analysis.interval_s:
         t.append(f" · rates over {d.analysis.interval_s:.1f} s", style="dim")
+    elif d.analysis.rate_window_s:
+        t.append(f" · churn now: counters over {d.analysis.rate_window_s:.2f} s", style="dim")
     return t
 
 
@@ -101,9 +103,10 @@ def totals_table(a: Analysis) -> Table:
     tab.add_row("LISTEN", f"{t.listen:,}", "")
     if t.sockstat_tw is not None:
         tab.add_row("sockstat tw", f"{t.sockstat_tw:,}", "kernel count: TIME_WAIT + FIN_WAIT2")
+    window = a.interval_s or a.rate_window_s or 0.0
     method = {
-        "littles_law": "TIME_WAIT / 60 s (Little's law)",
-        "tw_counter": "TcpExt TW counter over the interval",
+        "littles_law": "TIME_WAIT / 60 s: the last minute's average (one snapshot)",
+        "tw_counter": f"TcpExt TW counter over {window:.2f} s: the rate now",
         "tw_timers": "TIME_WAITs created during the interval",
     }[a.churn_method]
     tab.add_row("churn", f"{a.churn_per_s:,.1f}/s", method)
