@@ -297,6 +297,24 @@ def load_snapshots(files: Sequence[str]) -> tuple[Snapshot, Snapshot | None]:
     return newer, older
 
 
+def _read_while_importing(
+    netns: str | None, pid: int | None, source: str, rate_window: bool
+) -> Snapshot:
+    """The live read runs on a thread (its dump is kernel time, outside the GIL) while this
+    thread imports numpy and the doctor: start-up cost, issue 10 item 5."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from timewait.live.capture import build, read
+
+    with ThreadPoolExecutor(1, thread_name_prefix="timewait-read") as pool:
+        raw = pool.submit(read, netns=netns, pid=pid, source=source, rate_window=rate_window)
+        # The heavy imports, meanwhile.
+        import timewait.doctor
+        import timewait.live.sockdiag  # noqa: F401
+
+        return build(raw.result())
+
+
 netns_option = click.option(
     "--netns",
     metavar="NAME|PATH",
@@ -377,8 +395,6 @@ def doctor(
 
     Exit status: 0 healthy, 1 warnings, 2 critical (3 when it cannot run).
     """
-    from timewait.doctor import diagnose, to_json
-
     _check_targets(from_files, netns, pid)
     if len(from_files) > 2:
         raise click.UsageError("--from takes at most two files (an earlier and a later capture)")
@@ -393,14 +409,16 @@ def doctor(
         )
     if from_files:
         current, previous = load_snapshots(from_files)
-    else:
-        previous = None
-        if interval:
-            import time
+    elif interval:
+        import time
 
-            previous = capture_live(netns, pid, source)
-            time.sleep(interval)
-        current = capture_live(netns, pid, source, rate_window=interval is None)
+        previous = capture_live(netns, pid, source)
+        time.sleep(interval)
+        current = capture_live(netns, pid, source)
+    else:
+        current, previous = _read_while_importing(netns, pid, source, interval is None), None
+    from timewait.doctor import diagnose, to_json
+
     diagnosis = diagnose(current, previous)
     n_top = None if top == 0 else top
     if as_json:

@@ -285,3 +285,28 @@ def test_capture_inside_an_unnamed_namespace_is_labelled_by_inode() -> None:
         capture_output=True, text=True, check=True,
     ).stdout.split()  # fmt: skip
     assert out[0] == f"netns:[{out[1]}]"
+
+
+def test_whole_snapshot_from_fixtures_without_root() -> None:
+    """capture() takes its sources (issue 11 item 4): a recorded dump, a /proc/net and a
+    sysctl directory give the whole Snapshot -- sockets, config, counters -- with no kernel."""
+    import json
+    from pathlib import Path
+
+    from timewait.doctor import diagnose
+    from timewait.live.capture import Sources
+
+    fx = Path(__file__).resolve().parents[1] / "fixtures" / "netns-population"
+    want = json.loads((fx / "expected.json").read_text())
+    for dump, source in (((fx / "sockdiag-root.bin").read_bytes(), "sock_diag"), (None, "proc")):
+        snap = capture(
+            source="proc" if dump is None else "auto",
+            sources=Sources(dump=dump, proc_net=str(fx / "proc"), sysctl_dir=str(fx / "sys")),
+        )
+        assert snap.source == source
+        lo, hi = want["sysctls"]["ip_local_port_range"].split()
+        assert snap.config.ip_local_port_range == (int(lo), int(hi))
+        assert snap.counters["sockstat.tw"] > 0 and "TW" in snap.counters
+        n_tw = int((snap.sockets["state"] == TCP_TIME_WAIT).sum())
+        assert n_tw == want["counts"]["time-wait"]
+        assert diagnose(snap).analysis.totals.time_wait == n_tw

@@ -27,14 +27,20 @@ mem N" (sockstat_seq_show()); "tw" counts TIME_WAIT *and* FIN_WAIT2 minisockets 
 from __future__ import annotations
 
 import contextlib
+import socket
 import sys
 from pathlib import Path
-from typing import Final
-
-import numpy as np
+from typing import TYPE_CHECKING, Final
 
 from timewait.errors import TimewaitError
-from timewait.snapshot import AF_INET, AF_INET6, SOCKET_DTYPE
+
+if TYPE_CHECKING:
+    import numpy as np
+
+# numpy is imported by the table parsers only: the counters are read before numpy is loaded
+# (the doctor's rate window opens while its imports run; live/netlink.py says why).
+AF_INET: Final = int(socket.AF_INET)
+AF_INET6: Final = int(socket.AF_INET6)
 
 PROC_NET: Final = "/proc/thread-self/net"
 USER_HZ_MS: Final = 10  # USER_HZ = 100 on every Linux ABI (include/asm-generic/param.h)
@@ -59,6 +65,10 @@ def parse_tcp(text: str, family: int, *, byteorder: str = sys.byteorder) -> np.n
     `byteorder` is that of the machine that wrote the file (the %08X words are its native u32).
     Raises MalformedProcFile naming the line for text that does not parse.
     """
+    import numpy as np
+
+    from timewait.snapshot import SOCKET_DTYPE
+
     addr_len = 8 if family == AF_INET else 32
     lines = text.splitlines()
     if not lines or not lines[0].lstrip().startswith("sl"):
@@ -157,14 +167,26 @@ def read_text(path: Path) -> str:
     return path.read_text()
 
 
+def read_tcp_text(proc_net: str = PROC_NET) -> tuple[str, str | None]:
+    """The text of both tcp tables of the current thread's namespace (tcp6: None if IPv6 is
+    off). No parsing here: capture.read() runs before numpy is imported."""
+    base = Path(proc_net)
+    tcp6 = base / "tcp6"
+    return read_text(base / "tcp"), (read_text(tcp6) if tcp6.exists() else None)
+
+
+def parse_tcp_tables(tcp: str, tcp6: str | None) -> np.ndarray:
+    import numpy as np
+
+    parts = [parse_tcp(tcp, AF_INET)]
+    if tcp6 is not None:
+        parts.append(parse_tcp(tcp6, AF_INET6))
+    return np.concatenate(parts)
+
+
 def read_tcp_tables(proc_net: str = PROC_NET) -> np.ndarray:
     """Both tcp tables of the current thread's namespace (tcp6 skipped if IPv6 is off)."""
-    base = Path(proc_net)
-    parts = [parse_tcp(read_text(base / "tcp"), AF_INET)]
-    tcp6 = base / "tcp6"
-    if tcp6.exists():
-        parts.append(parse_tcp(read_text(tcp6), AF_INET6))
-    return np.concatenate(parts)
+    return parse_tcp_tables(*read_tcp_text(proc_net))
 
 
 def read_counters(proc_net: str = PROC_NET) -> dict[str, int]:
