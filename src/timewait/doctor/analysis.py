@@ -506,8 +506,10 @@ def analyze(snapshot: Snapshot, previous: Snapshot | None = None) -> Analysis:
 
     # -- destinations and pools --------------------------------------------------------------
     client = ~server_row
-    cur = peers[client]
-    gid, sid = g0[client], sid_all[:n_peers][client]
+    if server_row.any():
+        cur, gid, sid = peers[client], g0[client], sid_all[:n_peers][client]
+    else:  # the usual table: no copy
+        cur, gid, sid = peers, g0, sid_all[:n_peers]
     ports, bind_like = _port_budget(snapshot, cur, gid, sid, ng, orphan)
     usable = ports.usable
     assert usable is not None

@@ -339,13 +339,14 @@ def bind_pools(
     if src_id is None:
         src_id, _ = addr_ids(s["src"])
     owner = budget[s["sport"]]
-    own, ids = s[owner], src_id[owner]
-    halves = np.ascontiguousarray(own["src"]).view(">u8").reshape(-1, 2)
+    # Columns, not rows: a boolean index of the whole table would copy 56 bytes per socket.
+    ids, own_src = src_id[owner], s["src"][owner]
+    halves = own_src.view(">u8").reshape(-1, 2)
     hi, lo = halves[:, 0], halves[:, 1]
     v4 = (hi == 0) & ((lo >> np.uint64(32)) == 0xFFFF)  # ::ffff:a.b.c.d, how IPv4 is stored
     v4_any = v4 & ((lo & np.uint64(0xFFFFFFFF)) == 0)
     v6_any = (hi == 0) & (lo == 0)
-    sport = own["sport"].astype(np.int64)
+    sport = s["sport"][owner].astype(np.int64)
     wild4 = port_lut(sport[v4_any | v6_any])  # blocks every specific IPv4 address
     wild6 = port_lut(sport[v6_any])  # ... every specific IPv6 address
 
@@ -362,7 +363,7 @@ def bind_pools(
         n_addr = int(np.count_nonzero(present))
         first = np.zeros(n_addr, dtype=np.int64)
         first[inv[::-1]] = np.arange(inv.shape[0])[::-1]
-        addrs = own["src"][specific][first]
+        addrs = own_src[specific][first]
         if n_addr <= 256:  # a port map per address: 64 KiB each, no sort of 10^6 keys
             held = np.zeros((n_addr, 65536), dtype=bool)
             held[inv, ports] = True
