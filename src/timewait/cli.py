@@ -530,9 +530,12 @@ def top_cmd(
         def source_fn() -> Snapshot:
             return snaps[next(counter) % len(snaps)]
     else:
+        taken = iter(range(1 << 62))
 
         def source_fn() -> Snapshot:
-            return capture_live(netns, pid, source)
+            # The first frame has no previous snapshot: it reads the churn around its own
+            # (capture's rate window); later frames take it from the frame before.
+            return capture_live(netns, pid, source, rate_window=next(taken) == 0)
 
     console = obj.console()
     if not obj.env.stdout_isatty:

@@ -106,7 +106,7 @@ def render_frame(state: TopState, *, width: int = 100, top: int = 10) -> Rendera
             style="dim",
         ),
     )
-    if a.bind_pools:
+    if a.bind_pools and a.bind_pools[0] is not worst:
         b = a.bind_pools[0]
         g.add_row(
             "bind(0)",
