@@ -450,7 +450,7 @@ def snapshot_cmd(
 ) -> None:
     """Save what `doctor` would analyze (sockets, settings, counters) to a file."""
     _check_targets((), netns, pid)
-    snap = capture_live(netns, pid, source)
+    snap = capture_live(netns, pid, source, rate_window=True)
     try:
         snap.save(output)
     except OSError as e:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import io
 import ipaddress
 import json
-import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -274,6 +273,8 @@ class Snapshot:
 
         Every field is checked: the header's types, the config against the kernel's bounds,
         and the socket table's columns (check_sockets)."""
+        import zipfile  # only files need it: the live doctor never imports it
+
         hint = "re-capture it with `timewait snapshot -o FILE`"
         try:
             with np.load(io.BytesIO(data), allow_pickle=False) as z:
