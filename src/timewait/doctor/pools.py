@@ -122,6 +122,17 @@ class Pool:
         """Share of the pool in use, 0..1 (1 when the pool is empty)."""
         return 1.0 if self.size <= 0 else (self.size - self.headroom) / self.size
 
+    def as_dict(self) -> dict[str, object]:
+        """The pool in the doctor's JSON (schema.py) and in findings' evidence."""
+        out: dict[str, object] = {"label": self.label}
+        if self.kind == KIND_BIND:
+            out.update(address=self.address, family=self.family)
+        out.update(size=self.size, held=self.held, headroom=self.headroom)
+        out["usage"] = round(self.usage, 6)
+        if self.kind == KIND_BIND:
+            out["exclusive"] = self.exclusive
+        return out
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Ownership:

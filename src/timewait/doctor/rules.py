@@ -358,23 +358,12 @@ def bind_pool_exhaustion(snap: Snapshot, a: Analysis) -> Iterator[Finding]:
         "its port from connect() for every destination until it and its TIME_WAIT are gone. "
         f"connect() to a new destination has {a.new_destination.headroom:,} ports.",
         evidence={
-            "pools": [_pool_evidence(p) for p in pools[:MAX_LISTED]],
+            "pools": [p.as_dict() for p in pools[:MAX_LISTED]],
             "count": len(pools),
             "connect_new_headroom": a.new_destination.headroom,
         },
         remedies=_bind_remedies(ctx),
     )
-
-
-def _pool_evidence(p: Any) -> dict[str, Any]:
-    return {
-        "pool": p.label,
-        "size": p.size,
-        "held": p.held,
-        "exclusive": p.exclusive,
-        "headroom": p.headroom,
-        "usage": round(p.usage, 4),
-    }
 
 
 def bind_held_ports(snap: Snapshot, a: Analysis) -> Iterator[Finding]:
@@ -475,7 +464,7 @@ def ports_healthy(snap: Snapshot, a: Analysis) -> Iterator[Finding]:
             "destinations": a.n_destinations,
             "max_usage": round(a.max_usage, 4),
             "capacity": a.ports.capacity,
-            "pools": [_pool_evidence(p) for p in pools[:MAX_LISTED]],
+            "pools": [p.as_dict() for p in pools[:MAX_LISTED]],
         },
     )
 

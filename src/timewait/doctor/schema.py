@@ -57,7 +57,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Final
 
 from timewait.doctor.analysis import HIST_BUCKET_MS, Destination
-from timewait.doctor.pools import Pool
 from timewait.doctor.remedies import Remedy
 from timewait.doctor.rules import Finding
 
@@ -106,16 +105,6 @@ def remedy_json(r: Remedy) -> dict[str, Any]:
         "code_c": r.code_c,
         "requires": r.requires,
     }
-
-
-def pool_json(p: Pool) -> dict[str, Any]:
-    out: dict[str, Any] = {"label": p.label}
-    if p.kind == "bind":
-        out.update(address=p.address, family=p.family)
-    out.update(size=p.size, held=p.held, headroom=p.headroom, usage=round(p.usage, 6))
-    if p.kind == "bind":
-        out["exclusive"] = p.exclusive
-    return out
 
 
 def finding_json(f: Finding) -> dict[str, Any]:
@@ -187,8 +176,8 @@ def to_json(diagnosis: Diagnosis, *, top: int | None = 10) -> dict[str, Any]:
         },
         "pools": {
             "worst": _worst(diagnosis),
-            "connect_new": pool_json(a.new_destination),
-            "bind": [pool_json(b) for b in a.bind_pools],
+            "connect_new": a.new_destination.as_dict(),
+            "bind": [b.as_dict() for b in a.bind_pools],
         },
         "churn_per_s": round(a.churn_per_s, 3),
         "churn_method": a.churn_method,
