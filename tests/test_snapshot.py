@@ -178,3 +178,21 @@ def test_rate_window_round_trips(tmp_path) -> None:
     snap.save(tmp_path / "r.npz")
     back = Snapshot.load(tmp_path / "r.npz")
     assert back.counters_before == {"TW": 2} and back.counters_window_ns == 300_000_000
+
+
+def test_tables_and_labels_round_trip(tmp_path) -> None:
+    """Format 3: other tables of the namespace and its labels travel with the snapshot."""
+    import dataclasses
+
+    ct = np.zeros(3, dtype=[("sport", "u2"), ("state", "u1")])
+    ct["sport"] = [1, 2, 3]
+    snap = dataclasses.replace(sample(), tables={"conntrack": ct}, labels={"pod": "web-1"})
+    assert not snap.tables["conntrack"].flags.writeable
+    snap.save(tmp_path / "t.npz")
+    back = Snapshot.load(tmp_path / "t.npz")
+    assert back.labels == {"pod": "web-1"}
+    assert back.tables["conntrack"]["sport"].tolist() == [1, 2, 3]
+    with pytest.raises(MalformedSnapshot, match="labels must map text to text"):
+        Snapshot.from_bytes(_file({"labels": {"pod": 3}}), name="x.npz")
+    with pytest.raises(MalformedSnapshot, match="not a named 1-D structured array"):
+        dataclasses.replace(sample(), tables={"bad name": ct})

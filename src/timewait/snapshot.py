@@ -16,6 +16,10 @@ exactly what sock_diag and /proc/net/tcp report, and `minisock` marks them (idia
 ref 9.3/9.4). State 13 (TCP_BOUND_INACTIVE, Linux 6.5+) is a socket that bind() holds without
 listening or connecting: it owns its port.
 
+Other tables of the same namespace ride along in `tables` (name -> structured array: the
+conntrack table, traced connect() failures, ...), each read by the module that owns it, and
+`labels` name the namespace for people (container, pod). Both are stored in the file.
+
 A live capture may also carry the kernel counters read a moment before the dump
 (`counters_before`, `counters_window_ns` earlier): the TcpExt TW delta over that window is the
 current churn, which one socket table alone cannot give (issue 17).
@@ -41,8 +45,9 @@ from timewait.config import KernelConfig
 from timewait.errors import TimewaitError
 
 FORMAT: Final = "timewait-snapshot"
-FORMAT_VERSION: Final = 2  # 2 adds counters_before / counters_window_ns; 1 is still read
-READABLE_VERSIONS: Final = (1, 2)
+# 2 added counters_before / counters_window_ns, 3 tables and labels; 1 and 2 are still read.
+FORMAT_VERSION: Final = 3
+READABLE_VERSIONS: Final = (1, 2, 3)
 
 AF_INET: Final = 2
 AF_INET6: Final = 10
@@ -188,6 +193,9 @@ class Snapshot:
         counters_before: the same counters read `counters_window_ns` before `counters`
             (a live capture's rate window), or empty.
         counters_window_ns: the time between the two counter reads; 0 when there is no window.
+        tables: other tables of the namespace by name (structured arrays, read-only), e.g.
+            "conntrack"; the module that reads one checks its dtype.
+        labels: what names the namespace for people, e.g. {"pod": "web-1", "namespace": "prod"}.
     """
 
     sockets: np.ndarray
@@ -202,6 +210,8 @@ class Snapshot:
     notes: tuple[str, ...] = ()
     counters_before: Mapping[str, int] = field(default_factory=dict)
     counters_window_ns: int = 0
+    tables: Mapping[str, np.ndarray] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.sockets.dtype != SOCKET_DTYPE:
@@ -215,6 +225,15 @@ class Snapshot:
             object.__setattr__(self, "sockets", arr)
         object.__setattr__(self, "counters", dict(self.counters))
         object.__setattr__(self, "counters_before", dict(self.counters_before))
+        object.__setattr__(self, "labels", dict(self.labels))
+        frozen: dict[str, np.ndarray] = {}
+        for name, table in self.tables.items():
+            if not name.isidentifier() or table.dtype.names is None or table.ndim != 1:
+                raise MalformedSnapshot(f"table {name!r} is not a named 1-D structured array")
+            t = table.copy() if table.flags.writeable else table
+            t.flags.writeable = False
+            frozen[name] = t
+        object.__setattr__(self, "tables", frozen)
 
     def __len__(self) -> int:
         return int(self.sockets.shape[0])
@@ -246,14 +265,17 @@ class Snapshot:
             "notes": list(self.notes),
             "counters_before": dict(self.counters_before),
             "counters_window_ns": self.counters_window_ns,
+            "labels": dict(self.labels),
+            "tables": {k: len(v) for k, v in self.tables.items()},
             "rows": len(self),
         }
         buf = io.BytesIO()
-        np.savez_compressed(
-            buf,
-            sockets=np.ascontiguousarray(self.sockets),
-            meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
-        )
+        arrays: dict[str, np.ndarray] = {
+            "sockets": np.ascontiguousarray(self.sockets),
+            "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+        }
+        arrays.update({f"table_{k}": np.ascontiguousarray(v) for k, v in self.tables.items()})
+        np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]
         return buf.getvalue()
 
     def save(self, path: str | Path) -> None:
@@ -280,6 +302,10 @@ class Snapshot:
             with np.load(io.BytesIO(data), allow_pickle=False) as z:
                 meta = json.loads(bytes(z["meta"]).decode())
                 sockets = z["sockets"]
+                declared = meta.get("tables", {}) if isinstance(meta, dict) else {}
+                if not isinstance(declared, dict):
+                    raise ValueError("tables")
+                tables = {str(k): z[f"table_{k}"] for k in declared}
         except (zipfile.BadZipFile, EOFError, KeyError, ValueError, OSError) as e:
             raise MalformedSnapshot(
                 f"{name} is not a readable timewait snapshot ({type(e).__name__}): "
@@ -328,6 +354,14 @@ class Snapshot:
             config = KernelConfig.from_sysctl(cfg)
         except TimewaitError as e:
             raise bad(f"config: {e}") from None
+        labels = meta.get("labels", {})
+        if not isinstance(labels, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+        ):
+            raise bad("labels must map text to text")
+        for k, t in tables.items():
+            if t.dtype.names is None or t.ndim != 1 or t.shape[0] != declared[k]:
+                raise bad(f"table {k} is damaged")
         problem = check_sockets(sockets)
         if problem:
             raise MalformedSnapshot(f"{name} has a damaged socket table ({problem}): {hint}")
@@ -345,6 +379,8 @@ class Snapshot:
             notes=tuple(notes),
             counters_before=counters("counters_before"),
             counters_window_ns=integer("counters_window_ns"),
+            tables=tables,
+            labels=labels,
         )
 
     @classmethod
