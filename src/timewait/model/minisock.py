@@ -467,10 +467,7 @@ class TwResult(Outcome):
         op: TableOp | None,
         deadline: int,
     ) -> None:
-        self.segments = segments
-        self.changes = changes
-        self.op = op
-        self.deadline = deadline
+        Outcome.__init__(self, segments, changes, op, deadline)
         self.verdict = verdict
         self.kind = kind
         self.rule = rule

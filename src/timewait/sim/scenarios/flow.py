@@ -81,6 +81,15 @@ P_ARRIVALS = Param(
 P_TIMESTAMPS = Param(
     name="timestamps", default=True, help="net.ipv4.tcp_timestamps on, and the peer answers"
 )
+P_LOOPBACK = Param(name="loopback", default=False, help="the destination is a loopback address")
+
+
+def _p_tw_reuse(note: str) -> Param:
+    return Param(
+        name="tw_reuse", default=0, min=0, max=2, help=f"net.ipv4.tcp_tw_reuse (2 = {note})"
+    )
+
+
 P_MAX_TW = Param(
     name="max_tw_buckets",
     default=131072,
@@ -231,13 +240,7 @@ register(
             _duration(180.0),
             _p_range(),
             P_RESERVED,
-            Param(
-                name="tw_reuse",
-                default=0,
-                min=0,
-                max=2,
-                help="net.ipv4.tcp_tw_reuse (2 = loopback only; the destination is not loopback)",
-            ),
+            _p_tw_reuse("loopback only; the destination is not loopback"),
             P_TIMESTAMPS,
             P_MAX_TW,
             P_LIFETIME,
@@ -316,7 +319,7 @@ register(
                 max=60000,
                 help="net.ipv4.tcp_tw_reuse_delay (ms, Linux 6.14+)",
             ),
-            Param(name="loopback", default=False, help="the destination is a loopback address"),
+            P_LOOPBACK,
             P_LIFETIME,
             P_ARRIVALS,
         ),
@@ -495,14 +498,8 @@ register(
                 help="time a request occupies a pooled connection (pool capacity check)",
             ),
             _p_range(),
-            Param(
-                name="tw_reuse",
-                default=0,
-                min=0,
-                max=2,
-                help="net.ipv4.tcp_tw_reuse (2 = loopback only, see loopback)",
-            ),
-            Param(name="loopback", default=False, help="the destination is a loopback address"),
+            _p_tw_reuse("loopback only, see loopback"),
+            P_LOOPBACK,
             Param(
                 name="timer_hz",
                 default=0,
