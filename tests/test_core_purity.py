@@ -39,6 +39,25 @@ def test_core_module_does_no_io(path: Path) -> None:
     assert not bad, f"{path.name} imports {sorted(bad)}"
 
 
+def _timewait_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("timewait."):
+            names.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            names.update(a.name.split(".")[1] for a in node.names if a.name.startswith("timewait."))
+    return names
+
+
+@pytest.mark.parametrize("path", CORE, ids=lambda p: str(p.relative_to(SRC)))
+def test_core_module_imports_no_output_layer(path: Path) -> None:
+    """The core hands records to the renderers (e.g. sim.trace.Rung to render.ladder) and never
+    imports them, nor the I/O packages (live, lab, exporter, cli)."""
+    bad = _timewait_imports(path) & {"render", "live", "lab", "exporter", "cli"}
+    assert not bad, f"{path.name} imports timewait.{sorted(bad)}"
+
+
 def test_core_uses_no_global_random() -> None:
     """Randomness comes from a passed-in random.Random, never random.random() and friends."""
     for path in CORE:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from timewait.model.segment import Flags, Segment
-from timewait.render.ladder import Rung, render_ladder
+from timewait.render.ladder import render_ladder
+from timewait.sim.trace import Rung
 from timewait.units import MS
 
 SYN = Segment(src="198.18.0.1", sport=40000, dst="198.18.0.2", dport=80, seq=1000, flags=Flags.SYN)

@@ -38,10 +38,9 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from timewait.errors import ConfigError, ProfileError
+from timewait.model.states import TCP_TIMEWAIT_LEN
 from timewait.units import MS, SEC
 
-# include/net/tcp.h: #define TCP_TIMEWAIT_LEN (60*HZ) -- a compile-time constant, no sysctl.
-TCP_TIMEWAIT_LEN: Final = 60 * SEC
 # include/net/tcp.h: #define TCP_FIN_TIMEOUT TCP_TIMEWAIT_LEN -- why both defaults are 60.
 TCP_FIN_TIMEOUT: Final = TCP_TIMEWAIT_LEN
 # include/net/tcp.h: TCP_FIN_TIMEOUT_MAX (120*HZ), cap for the per-socket TCP_LINGER2.
@@ -93,7 +92,7 @@ class KernelConfig:
     tcp_tw_reuse: int = 2  # tcp_sk_init(): 2 = loopback only (Linux 4.18+)
     tcp_tw_reuse_delay: int = 1000  # ms, tcp_sk_init(), Linux 6.14+
     tcp_timestamps: int = 1  # tcp_sk_init()
-    tcp_fin_timeout: int = 60  # s, TCP_FIN_TIMEOUT / HZ
+    tcp_fin_timeout: int = TCP_FIN_TIMEOUT // SEC  # s
     # Half the established hash: tcp_set_hashinfo(); 262144 / 2 on the reference machine.
     tcp_max_tw_buckets: int = 131072
     tcp_rfc1337: int = 0
@@ -128,7 +127,7 @@ class KernelConfig:
         for p in self.ip_local_reserved_ports:
             _check_int("ip_local_reserved_ports", p, 0, 65535)
         _check_int("tcp_tw_reuse", self.tcp_tw_reuse, 0, 2)
-        _check_int("tcp_tw_reuse_delay", self.tcp_tw_reuse_delay, 1, 60000)
+        _check_int("tcp_tw_reuse_delay", self.tcp_tw_reuse_delay, 1, TCP_PAWS_MSL // MS)
         _check_int("tcp_timestamps", self.tcp_timestamps, 0, 255)
         _check_int("tcp_fin_timeout", self.tcp_fin_timeout, _INT_MIN, _INT_MAX)
         _check_int("tcp_max_tw_buckets", self.tcp_max_tw_buckets, _INT_MIN, _INT_MAX)
@@ -155,15 +154,6 @@ class KernelConfig:
     def timestamps_enabled(self) -> bool:
         """tcp_timestamps != 0 sends the option (K tcp_output.c tcp_syn_options())."""
         return self.tcp_timestamps != 0
-
-    @property
-    def timestamp_offsets(self) -> bool:
-        """Per-connection random TS offsets only when tcp_timestamps == 1 (Linux 4.10+)."""
-        return self.tcp_timestamps == 1
-
-    @property
-    def tw_reuse_delay_ns(self) -> int:
-        return self.tcp_tw_reuse_delay * MS
 
     @property
     def invalid_ratelimit_ns(self) -> int:

@@ -1,10 +1,11 @@
-"""The model demo behind `make run` and `timewait demo`: one traced connection, start to finish.
+"""The model demo behind `timewait demo`: one traced connection, start to finish.
 
-A client and a server (model hosts on an in-memory wire, 198.18.0.0/15 addresses) open a
-connection, exchange a request and a response, and the client closes first. With
-`lose_final_ack`, the client's last ACK is dropped once, so the server retransmits its FIN and the
-client's TIME_WAIT answers it: reason (1) for TIME_WAIT, RFC 9293 §3.6.1. The run continues until
-the TIME_WAIT expires, so the ladder shows the whole life of the four-tuple.
+A client and a server (model hosts on the simulator's network, 198.18.0.0/15 addresses, 25 ms
+one way) open a connection, exchange a request and a response, and the client closes first.
+With `lose_final_ack`, the client's last ACK is dropped once (the simulator's FinalAckLoss), so
+the server retransmits its FIN and the client's TIME_WAIT answers it: reason (1) for TIME_WAIT,
+RFC 9293 §3.6.1. The run continues until the TIME_WAIT expires, so the ladder shows the whole
+life of the four-tuple.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from typing import Any
 
 from timewait.config import LINUX, KernelConfig, Profile
 from timewait.model.host import Host
-from timewait.model.segment import FourTuple, Segment
 from timewait.model.states import TcpState
-from timewait.model.wire import Wire
-from timewait.render.ladder import Rung
+from timewait.sim.link import LinkParams
+from timewait.sim.network import Network
+from timewait.sim.trace import Rung
+from timewait.sim.workloads import FinalAckLoss, socket_tuple
 from timewait.units import MS, SEC
 
 CLIENT_IP = "198.18.0.1"
@@ -53,59 +55,46 @@ def traced_close(
         name="server", addrs=[SERVER_IP], config=config, profile=profile,
         rng=random.Random(rng.getrandbits(64)), trace=True,
     )  # fmt: skip
-    dropped: list[Segment] = []
+    net = Network(rng=random.Random(rng.getrandbits(64)), link=LinkParams(delay=25 * MS))
+    net.add_host(client)
+    net.add_host(server)
+    # The client's ACK of the server's FIN is the "final ACK" (RFC 9293 Fig. 5, ref 1.1).
+    loss = FinalAckLoss(server, 1.0 if lose_final_ack else 0.0, random.Random(seed))
+    net.drop = loss
 
-    def drop(seg: Segment, now: int) -> bool:
-        # The client's ACK of the server's FIN is the "final ACK" (RFC 9293 Fig. 5, ref 1.1).
-        if lose_final_ack and not dropped and seg.src == CLIENT_IP and _acks_fin(seg, server):
-            dropped.append(seg)
-            return True
-        return False
-
-    wire = Wire(client, server, delay=25 * MS, drop=drop)
     lfd = server.socket()
     server.bind(lfd, "0.0.0.0", SERVER_PORT, 0)
     server.listen(lfd, 0)
     cfd = client.socket()
     client.connect(cfd, SERVER_IP, SERVER_PORT, 0)
-    wire.run(200 * MS)
+    ft = socket_tuple(client, cfd)
+    assert ft is not None
+    net.run(200 * MS)
     sfd = server.accept(lfd)
     assert sfd is not None
-    client.send(cfd, b"GET / HTTP/1.1\r\n\r\n", wire.now)
-    wire.run(wire.now + 100 * MS)
+    client.send(cfd, b"GET / HTTP/1.1\r\n\r\n", net.now)
+    net.run(net.now + 100 * MS)
     server.recv(sfd)
-    server.send(sfd, b"HTTP/1.1 200 OK\r\n\r\n", wire.now)
-    wire.run(wire.now + 100 * MS)
+    server.send(sfd, b"HTTP/1.1 200 OK\r\n\r\n", net.now)
+    net.run(net.now + 100 * MS)
     client.recv(cfd)
-    closed_at = wire.now
-    client.close(cfd, wire.now)  # the client closes first: it becomes the active closer
-    wire.run(wire.now + 100 * MS)
-    server.close(sfd, wire.now)
-    wire.run(wire.now + 100 * MS)
-    wire.run(wire.now + profile.time_wait_len + 5 * SEC)
-    ft = next(iter(_tuples(client)), None)
+    closed_at = net.now
+    client.close(cfd, net.now)  # the client closes first: it becomes the active closer
+    net.run(net.now + 100 * MS)
+    server.close(sfd, net.now)
+    net.run(net.now + 100 * MS)
+    net.run(net.now + profile.time_wait_len + 5 * SEC)
 
-    rungs: list[Rung] = []
-    for cap in wire.capture:
-        rungs.append(
-            Rung(time=cap.time, left=cap.segment.src == CLIENT_IP, segment=cap.segment,
-                 lost=cap.dropped)
-        )  # fmt: skip
-    for host, left in ((client, True), (server, False)):
-        assert host.state_log is not None
-        for when, _, old, new in host.state_log:
-            rungs.append(Rung(time=when, left=left, state=f"{old} -> {new}"))
-    lport = ft.lport if ft else 0
-    assert client.state_log is not None
-    entered = [w for w, _, _, new in client.state_log if new is TcpState.TIME_WAIT]
-    left_tw = [w for w, _, old, _ in client.state_log if old is TcpState.TIME_WAIT]
+    assert client.state_log is not None and net.capture is not None
+    entered = [c.time for c in client.state_log if c.new is TcpState.TIME_WAIT]
+    left_tw = [c.time for c in client.state_log if c.old is TcpState.TIME_WAIT]
     return DemoResult(
-        rungs=rungs,
-        left=f"client {CLIENT_IP}:{lport}",
+        rungs=net.rungs(ft, client, server),
+        left=f"client {CLIENT_IP}:{ft.lport}",
         right=f"server {SERVER_IP}:{SERVER_PORT}",
         summary={
             "profile": profile.name,
-            "final_ack_lost": bool(dropped),
+            "final_ack_lost": bool(loss.lost),
             "client_closed_at_ms": closed_at / MS,
             "client_time_wait_entered_ms": entered[0] / MS if entered else None,
             "client_time_wait_lasted_s": (left_tw[-1] - entered[0]) / SEC
@@ -114,20 +103,7 @@ def traced_close(
             "server_time_waits": server.counters["TW"],
             "client_counters": dict(sorted(client.counters.items())),
             "server_counters": dict(sorted(server.counters.items())),
-            "segments": len(wire.capture),
-            "resets": sum(1 for c in wire.capture if c.segment.rst),
+            "segments": len(net.capture),
+            "resets": sum(1 for c in net.capture if c.segment.rst),
         },
     )
-
-
-def _acks_fin(seg: Segment, server: Host) -> bool:
-    """Does this client segment acknowledge the server's FIN (server in LAST_ACK)?"""
-    if seg.fin or seg.syn or seg.rst or not seg.has_ack or seg.payload:
-        return False
-    conn = server.ehash.get(seg.receiver_tuple)
-    return conn is not None and getattr(conn, "state", None) is TcpState.LAST_ACK
-
-
-def _tuples(host: Host) -> list[FourTuple]:
-    assert host.state_log is not None
-    return [ft for _, ft, _, _ in host.state_log]

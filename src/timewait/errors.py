@@ -78,18 +78,6 @@ class InvalidArgument(SocketError):
     errno_value = _errno.EINVAL
 
 
-class ConnectionRefused(SocketError):
-    """The peer answered the SYN with RST."""
-
-    errno_value = _errno.ECONNREFUSED
-
-
-class ConnectionReset(SocketError):
-    """The connection was reset by the peer."""
-
-    errno_value = _errno.ECONNRESET
-
-
 class NotConnected(SocketError):
     """Data operation on a socket that is not connected."""
 

@@ -1,5 +1,9 @@
 """Helpers that make Connection tests read like packet exchanges (after smoltcp's tcp.rs tests).
 
+- A Connection returns an Outcome from every call; `Endpoint` plays the host for one connection
+  in isolation: it keeps the segments to send (`segments_to_send(now)`), the state changes
+  (`history`) and the hand-off to a minisocket (`pending_minisock`) that the outcomes reported,
+  and passes everything else through to the Connection. The helpers below return Endpoints.
 - `conn_in(state)` builds a connection in `state` by driving a real exchange with known
   LOCAL_ISS / REMOTE_ISS, and drains its output, so a test starts from a clean slate.
 - `from_peer(conn, ...)` is the template of a segment the peer would send now (seq = our
@@ -20,6 +24,7 @@ from typing import Any
 
 from timewait.config import LINUX, KernelConfig, Profile
 from timewait.model.connection import Connection
+from timewait.model.outcome import HandOff, Outcome
 from timewait.model.segment import Flags, FourTuple, Segment
 from timewait.model.seq import seq_add
 from timewait.model.states import TcpState
@@ -35,6 +40,68 @@ NO_TS = KernelConfig(tcp_timestamps=0)
 TS = KernelConfig()  # Linux defaults: tcp_timestamps=1
 
 
+class Endpoint:
+    """One Connection and the host's side of its outcomes (see the module docstring)."""
+
+    _OWN = frozenset({"conn", "_out", "history", "pending_minisock"})
+
+    def __init__(self, conn: Connection) -> None:
+        object.__setattr__(self, "conn", conn)
+        object.__setattr__(self, "_out", [])
+        object.__setattr__(self, "history", [])  # (now, old, new) for every state change
+        object.__setattr__(self, "pending_minisock", None)  # (substate, timeout) once handed off
+
+    def _take(self, out: Outcome) -> Outcome:
+        self._out.extend(out.segments)
+        for ch in out.changes or ():
+            self.history.append((ch.time, ch.old, ch.new))
+        if isinstance(out.op, HandOff):
+            object.__setattr__(self, "pending_minisock", (out.op.substate, out.op.timeout))
+        return out
+
+    def connect(self, now: int) -> Outcome:
+        return self._take(self.conn.connect(now))
+
+    def accept_syn(self, syn: Segment, now: int) -> Outcome:
+        return self._take(self.conn.accept_syn(syn, now))
+
+    def send(self, data: bytes, now: int) -> Outcome:
+        return self._take(self.conn.send(data, now))
+
+    def close(self, now: int) -> Outcome:
+        return self._take(self.conn.close(now))
+
+    def shutdown_write(self, now: int) -> Outcome:
+        return self._take(self.conn.shutdown_write(now))
+
+    def abort(self, now: int) -> Outcome:
+        return self._take(self.conn.abort(now))
+
+    def receive(self, seg: Segment, now: int) -> Outcome:
+        return self._take(self.conn.receive(seg, now))
+
+    def on_timer(self, now: int) -> Outcome:
+        return self._take(self.conn.on_timer(now))
+
+    def segments_to_send(self, now: int) -> list[Segment]:
+        """Everything the outcomes reported since the last call, in order."""
+        out = list(self._out)
+        self._out.clear()
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.conn, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self._OWN:
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self.conn, name, value)
+
+    def __repr__(self) -> str:
+        return f"<Endpoint {self.conn!r}>"
+
+
 def new_conn(
     *,
     config: KernelConfig = NO_TS,
@@ -43,13 +110,13 @@ def new_conn(
     ts_offset: int = 0,
     tuple: FourTuple = CLIENT,
     **kw: Any,
-) -> Connection:
-    return Connection(
-        tuple=tuple, config=config, profile=profile, iss=iss, ts_offset=ts_offset, **kw
+) -> Endpoint:
+    return Endpoint(
+        Connection(tuple=tuple, config=config, profile=profile, iss=iss, ts_offset=ts_offset, **kw)
     )
 
 
-def from_peer(conn: Connection, **changes: Any) -> Segment:
+def from_peer(conn: Endpoint, **changes: Any) -> Segment:
     """What the peer sends now: seq = our rcv_nxt, ack = our snd_nxt, flags ACK."""
     t = conn.tuple
     base = Segment(
@@ -64,7 +131,7 @@ def from_peer(conn: Connection, **changes: Any) -> Segment:
     return replace(base, **changes)
 
 
-def to_peer(conn: Connection, **changes: Any) -> Segment:
+def to_peer(conn: Endpoint, **changes: Any) -> Segment:
     """What we would send now: seq = snd_nxt, ack = rcv_nxt, flags ACK, our window."""
     t = conn.tuple
     base = Segment(
@@ -80,12 +147,12 @@ def to_peer(conn: Connection, **changes: Any) -> Segment:
     return replace(base, **changes)
 
 
-def send(conn: Connection, seg: Segment, t: int = 0) -> None:
+def send(conn: Endpoint, seg: Segment, t: int = 0) -> None:
     """Deliver `seg` to `conn` at time t."""
     conn.receive(seg, t)
 
 
-def expect_sent(conn: Connection, expected: list[Segment], t: int = 0) -> list[Segment]:
+def expect_sent(conn: Endpoint, expected: list[Segment], t: int = 0) -> list[Segment]:
     got = conn.segments_to_send(t)
     assert got == expected, (
         "sent:\n  "
@@ -96,12 +163,12 @@ def expect_sent(conn: Connection, expected: list[Segment], t: int = 0) -> list[S
     return got
 
 
-def expect_nothing(conn: Connection, t: int = 0) -> None:
+def expect_nothing(conn: Endpoint, t: int = 0) -> None:
     got = conn.segments_to_send(t)
     assert got == [], "expected nothing, sent:\n  " + "\n  ".join(map(str, got))
 
 
-def events(conn: Connection) -> list[type]:
+def events(conn: Endpoint) -> list[type]:
     out: list[type] = []
     while (ev := conn.next_event()) is not None:
         out.append(type(ev))
@@ -123,10 +190,11 @@ def peer_syn(**changes: Any) -> Segment:
 
 def accepted(
     *, config: KernelConfig = NO_TS, t: int = 0, iss: int = LOCAL_ISS, **syn: Any
-) -> Connection:
-    return Connection.accept_syn(
-        peer_syn(**syn), config=config, profile=LINUX, iss=iss, ts_offset=0, now=t
-    )
+) -> Endpoint:
+    """A passive open: a new connection on CLIENT that took the peer's SYN at time t."""
+    c = new_conn(config=config, iss=iss)
+    c.accept_syn(peer_syn(**syn), t)
+    return c
 
 
 def conn_in(
@@ -138,7 +206,7 @@ def conn_in(
     remote_iss: int = REMOTE_ISS,
     t: int = 0,
     **kw: Any,
-) -> Connection:
+) -> Endpoint:
     """A client connection driven into `state` with a scripted peer; output drained.
 
     `orphan`: reach FIN_WAIT_1/FIN_WAIT_2/CLOSING/LAST_ACK by close() (True) or by
@@ -148,7 +216,7 @@ def conn_in(
     if orphan is None:
         orphan = state not in (S.FIN_WAIT_2, S.TIME_WAIT)
 
-    def shut(c: Connection) -> None:
+    def shut(c: Endpoint) -> None:
         if orphan:
             c.close(t)
         else:
@@ -195,7 +263,7 @@ def conn_in(
     return c
 
 
-def fire_timers(conn: Connection, until: int) -> int:
+def fire_timers(conn: Endpoint, until: int) -> int:
     """Run conn's timers up to `until`; returns the time of the last one run."""
     now = 0
     while (d := conn.next_deadline()) is not None and d <= until:
@@ -252,7 +320,7 @@ Drop = Callable[[int, Segment], bool]
 class Pair:
     """Two endpoints joined by a zero-latency link; `drop(index, seg)` may lose segments."""
 
-    def __init__(self, a: Connection, b: Connection, *, drop: Drop | None = None) -> None:
+    def __init__(self, a: Endpoint, b: Endpoint, *, drop: Drop | None = None) -> None:
         self.conns = [a, b]
         self.minis: list[MiniStandIn | None] = [None, None]
         self.entered_time_wait = [False, False]
@@ -368,7 +436,8 @@ def make_pair(
     a = new_conn(config=config, iss=a_iss)
     a.connect(0)
     (syn,) = a.segments_to_send(0)
-    b = Connection.accept_syn(syn, config=config, profile=LINUX, iss=b_iss, ts_offset=0, now=0)
+    b = new_conn(config=config, iss=b_iss, tuple=syn.receiver_tuple)
+    b.accept_syn(syn, 0)
     pair = Pair(a, b)
     pair.deliver(0)
     assert a.state is S.ESTABLISHED and b.state is S.ESTABLISHED

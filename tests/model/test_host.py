@@ -8,10 +8,10 @@ import pytest
 from timewait.config import RFC9293, KernelConfig
 from timewait.errors import AddressInUse, AddressNotAvailable
 from timewait.model import counters as C
-from timewait.model.host import FD_OBJECT_BYTES, FULL_SOCK_BYTES, TW_SOCK_BYTES, Host, SockOpt
+from timewait.model.host import Host, SockOpt
 from timewait.model.minisock import MiniSocket
 from timewait.model.segment import FourTuple
-from timewait.model.states import TcpState
+from timewait.model.states import FD_OBJECT_BYTES, FULL_SOCK_BYTES, TW_SOCK_BYTES, TcpState
 
 from .host_helpers import (
     CLIENT_IP,
@@ -50,6 +50,26 @@ def test_two_hosts_handshake_data_close_time_wait_on_active_closer_only() -> Non
     assert net.server.count_state(TcpState.TIME_WAIT) == 0
     assert sum(1 for _ in net.server.connections()) == 0
     assert net.client.counters[C.TW] == 1
+
+
+def test_descriptor_reads_closed_once_a_time_wait_minisocket_replaced_it() -> None:
+    """K tcp_time_wait() ends in tcp_done(): with the descriptor still open (shutdown, not close)
+    the full socket is CLOSED once the minisocket holds the four-tuple, and calls on the
+    descriptor leave that minisocket and its 60 s timer alone."""
+    net = make_net()
+    lfd = listen(net.server)
+    cfd, sfd = open_pair(net, lfd)
+    net.client.shutdown(cfd, net.now)
+    net.settle()
+    net.server.close(sfd, net.now)
+    net.settle()
+    assert len(tw_of(net.client)) == 1
+    assert net.client.state(cfd) is TcpState.CLOSED
+    net.client.shutdown(cfd, net.now)
+    net.client.close(cfd, net.now)
+    assert len(tw_of(net.client)) == 1
+    net.run(60 * SEC)
+    assert tw_of(net.client) == [] and net.client.tw_count == 0
 
 
 def test_time_wait_ends_after_60s_of_model_time() -> None:

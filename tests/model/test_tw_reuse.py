@@ -9,9 +9,9 @@ import pytest
 from timewait.config import KernelConfig
 from timewait.errors import AddressNotAvailable
 from timewait.model import counters as C
-from timewait.model.host import Host, is_loopback, tw_unique
-from timewait.model.minisock import MiniSocket
-from timewait.model.segment import FourTuple
+from timewait.model.host import Host
+from timewait.model.minisock import MiniSocket, tw_unique
+from timewait.model.segment import FourTuple, is_loopback
 from timewait.model.states import TcpState
 from timewait.model.wire import Wire
 from timewait.units import MS, SEC

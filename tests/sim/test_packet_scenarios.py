@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from timewait.model.host import FD_OBJECT_BYTES, FULL_SOCK_BYTES, TW_SOCK_BYTES
+from timewait.model.states import FD_OBJECT_BYTES, FULL_SOCK_BYTES, TW_SOCK_BYTES
 from timewait.render.ladder import render_ladder
 from timewait.sim.scenario import get, load_catalog
 

@@ -18,28 +18,34 @@ Applications drive it with socket calls (`socket`, `setsockopt`, `bind`, `listen
 time drives it with `on_timer(now)` at `next_deadline()`. Output is pulled with
 `segments_to_send(now)`. Every entry point takes `now` (int ns); nothing reads a clock.
 
-Demultiplexing follows `tcp_v4_rcv()`: established hash first (full socket or `do_time_wait`),
-then listeners, else an RST (`tcp_v4_send_reset()`). The hand-off from a full socket to a
-minisocket is `tcp_time_wait()` (K tcp_minisocks.c): the Connection raises `pending_minisock`,
-the host checks `tcp_max_tw_buckets` (`inet_twsk_alloc()`), swaps the entry in the hash and moves
-the bind-bucket reference (`inet_twsk_hashdance_schedule()`).
+Sockets never touch these tables themselves: every call into a Connection or a MiniSocket
+returns an `Outcome` (model/outcome.py), and `_apply()` is the one place that carries it out --
+queue its segments, record its state changes (the trace, `state_log`), perform its table
+operation (hand-off to a minisocket, unhash, kill) and schedule its next deadline.
 
-`connect()` picks the local port with `__inet_hash_connect()` (PortTable.connect_port) and takes
-over a TIME_WAIT only through `tcp_twsk_unique()` (K tcp_ipv4.c), reproduced in `tw_unique()`.
+Demultiplexing follows `tcp_v4_rcv()`: established hash first (full socket, or
+`tcp_timewait_state_process()` for a minisocket), then listeners, else an RST
+(`tcp_v4_send_reset()`). A minisocket that accepts a new SYN (TCP_TW_SYN) sends it down the same
+listener path with a forced ISN, or, without a listener, answers with its ACK. The hand-off from
+a full socket to a minisocket is `tcp_time_wait()` (K tcp_minisocks.c): the host checks
+`tcp_max_tw_buckets` (`inet_twsk_alloc()`), swaps the entry in the hash and moves the
+bind-bucket reference (`inet_twsk_hashdance_schedule()`).
+
+`connect()` picks the local port with `__inet_hash_connect()` (PortTable.connect_port), whose
+four-tuple check only asks; a TIME_WAIT that `tcp_twsk_unique()` (minisock.tw_unique) lets it
+take over is killed once the port is chosen, as the kernel does after hashing.
 """
 
 from __future__ import annotations
 
-import functools
 import heapq
-import ipaddress
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Final
 
-from timewait.config import LINUX, KernelConfig, Profile
+from timewait.config import LINUX, TCP_FIN_TIMEOUT_MAX, KernelConfig, Profile
 from timewait.errors import (
     AddressNotAvailable,
     BadDescriptor,
@@ -51,23 +57,23 @@ from timewait.model.clock import HostClocks
 from timewait.model.connection import Connection
 from timewait.model.counters import Counters
 from timewait.model.events import Event
-from timewait.model.minisock import MiniSocket, TwVerdict, arm_counter, tw_overflow
+from timewait.model.minisock import MiniSocket, arm_counter, tw_overflow, tw_unique
+from timewait.model.outcome import KILL, UNHASH, HandOff, Outcome, Reopen, StateChange
 from timewait.model.ports import PortTable, parse_ip_local_port_range
-from timewait.model.segment import FourTuple, Segment, reset_reply
-from timewait.model.states import TcpState
+from timewait.model.segment import (
+    WILDCARD_V4,
+    WILDCARD_V6,
+    FourTuple,
+    Segment,
+    is_loopback,
+    reset_reply,
+    wildcard_for,
+)
+from timewait.model.states import FD_OBJECT_BYTES, FULL_SOCK_BYTES, TW_SOCK_BYTES, TcpState
 from timewait.model.timerwheel import fires_at
-from timewait.units import MS
+from timewait.units import SEC
 
-# Memory estimates from slab object sizes measured on the reference machine (ref 9.1).
-TW_SOCK_BYTES: Final = 256  # tw_sock_TCPv6 (tw_sock_TCP is 248)
-FULL_SOCK_BYTES: Final = 2432  # TCP slab object, IPv4 (2304 B object, 2432 B per slab slot)
-FD_OBJECT_BYTES: Final = 1216  # sock_inode_cache 832 + filp 192 + dentry 192, per open fd
-# ISN offset for a connection that replaces a TIME_WAIT: tw_snd_nxt + 65535 + 2
-# (tcp_twsk_unique() and tcp_timewait_state_process(); ref 1.5).
-TW_ISN_GAP: Final = 65535 + 2
-
-WILDCARD_V4: Final = "0.0.0.0"
-WILDCARD_V6: Final = "::"
+ESTABLISHED: Final = TcpState.ESTABLISHED
 
 
 class SockOpt(Enum):
@@ -79,19 +85,6 @@ class SockOpt(Enum):
     IP_BIND_ADDRESS_NO_PORT = "IP_BIND_ADDRESS_NO_PORT"  # SOL_IP 24, Linux 4.2
     IP_LOCAL_PORT_RANGE = "IP_LOCAL_PORT_RANGE"  # SOL_IP 51, Linux 6.3; u32 hi << 16 | lo
     TCP_LINGER2 = "TCP_LINGER2"  # seconds; < 0 resets an orphaned FIN_WAIT2 at once
-
-
-@functools.lru_cache(maxsize=4096)
-def is_loopback(addr: str) -> bool:
-    """127/8, ::1 and ::ffff:127/104 (the addresses tcp_twsk_unique() treats as loopback)."""
-    ip = ipaddress.ip_address(addr)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped.is_loopback
-    return ip.is_loopback
-
-
-def wildcard_for(addr: str) -> str:
-    return WILDCARD_V6 if ":" in addr else WILDCARD_V4
 
 
 @dataclass(eq=False, init=False)
@@ -160,34 +153,6 @@ class Socket:
         return False
 
 
-def tw_unique(
-    tw: MiniSocket, *, config: KernelConfig, now: int, autobind: bool
-) -> tuple[int, int, int | None] | None:
-    """`tcp_twsk_unique()` (K net/ipv4/tcp_ipv4.c): may connect() take over this minisocket?
-
-    Returns (new write_seq, ts_recent, ts_recent_stamp) on takeover, None otherwise.
-    * `autobind` (port being searched, twp != NULL): needs tcp_tw_reuse (1, or 2 with a loopback
-      address), substate TIME_WAIT, timestamps seen, and now_ms > entry_stamp_ms + delay
-      (time_after32, strict; tcp_tw_reuse_delay, ref 3).
-    * explicitly bound socket (twp == NULL): timestamps seen is enough; the sysctl, the delay
-      and the FIN_WAIT2 rule are not consulted (ref 3 last bullet, Lab E7).
-    """
-    if tw.ts_recent_stamp is None:  # tw_ts_recent_stamp == 0: no PAWS protection, never
-        return None
-    if autobind:
-        reuse = config.tcp_tw_reuse
-        if tw.substate is TcpState.FIN_WAIT_2:
-            reuse = 0
-        if reuse == 2 and not (is_loopback(tw.tuple.laddr) or is_loopback(tw.tuple.raddr)):
-            reuse = 0
-        if not reuse:
-            return None
-        if not now // MS > tw.entry_stamp // MS + config.tcp_tw_reuse_delay:
-            return None
-    seq = (tw.snd_nxt + TW_ISN_GAP) & 0xFFFFFFFF
-    return (seq or 1, tw.ts_recent, tw.ts_recent_stamp)
-
-
 class Host:
     """One network namespace. See the module docstring for the theory of operation."""
 
@@ -208,11 +173,9 @@ class Host:
         # (model/timerwheel.py): a TIME_WAIT then lives 60-62 s, as measured.
         self.timer_hz = timer_hz
         self._tw_armed: dict[FourTuple, tuple[int, int]] = {}  # deadline -> wheel fire time
-        # (now, four-tuple, old, new) for every state change, when tracing (ladder diagrams).
-        self.state_log: list[tuple[int, FourTuple, TcpState, TcpState]] | None = (
-            [] if trace else None
-        )
-        self._hist_seen: dict[FourTuple, int] = {}
+        # Every state change of every socket, in order, when tracing (ladder diagrams): the
+        # StateChange records of the outcomes `_apply()` carried out.
+        self.state_log: list[StateChange] | None = [] if trace else None
         self.addrs: tuple[str, ...] = tuple(dict.fromkeys([*addrs, "127.0.0.1", "::1"]))
         self.config = config or KernelConfig()
         self.profile = profile
@@ -229,7 +192,6 @@ class Host:
         self._scheduled: dict[FourTuple, int] = {}
         self._seq = 0
         self._tw_count = 0
-        self._syn_takeover: dict[FourTuple, tuple[int, int, int | None]] = {}
 
     # -- socket calls ------------------------------------------------------------------------
 
@@ -259,7 +221,7 @@ class Host:
         elif opt is SockOpt.TCP_LINGER2:
             secs = int(value)  # type: ignore[call-overload]
             # K tcp.c do_tcp_setsockopt(): capped at TCP_FIN_TIMEOUT_MAX (120 s); < 0 kept.
-            s.linger2 = None if secs == 0 else min(secs, 120) * 1000 * MS
+            s.linger2 = None if secs == 0 else min(secs * SEC, TCP_FIN_TIMEOUT_MAX)
         if s.conn is not None:
             s.conn.linger_zero = s.linger_zero
             s.conn.linger2 = s.linger2
@@ -308,22 +270,13 @@ class Host:
         laddr = s.bind_addr
         if laddr in (WILDCARD_V4, WILDCARD_V6):
             laddr = self._source_address(addr)
-        takeover: tuple[int, int, int | None] | None = None
         if s.lport:
             # __inet_hash_connect() with a bound port: only the four-tuple check (twp == NULL).
             ft = FourTuple(laddr, s.lport, addr, port)
-            ok, takeover = self._check_established(ft, now, autobind=False)
-            if not ok:
+            autobind = False
+            if not self._four_tuple_free(ft, now, autobind=False):
                 raise AddressNotAvailable(f"four-tuple {ft} is in use (bound port {s.lport})")
         else:
-            found: dict[str, tuple[int, int, int | None] | None] = {}
-
-            def check(p: int) -> bool:
-                ok, tk = self._check_established(FourTuple(laddr, p, addr, port), now, True)
-                if ok:
-                    found["takeover"] = tk
-                return ok
-
             s.lport = self.ports.connect_port(
                 s,
                 laddr,
@@ -333,30 +286,39 @@ class Host:
                 config=self.config,
                 port_offset=self.clocks.port_offset(laddr, addr, port, now),
                 rng=self.rng,
-                check=check,
+                check=lambda p: self._four_tuple_free(FourTuple(laddr, p, addr, port), now, True),
                 local_range=s.local_range,
             )
             s.port_held = True
-            takeover = found.get("takeover")
             ft = FourTuple(laddr, s.lport, addr, port)
+            autobind = True
         s.bind_addr = laddr
         iss, ts_off = self.clocks.isn_and_ts_offset(ft, now, self.config.tcp_timestamps)
-        if takeover:
-            iss = takeover[0]  # tcp_twsk_unique(): tw_snd_nxt + 65537, not the keyed ISN
+        ts_recent: int | None = None
+        ts_recent_stamp: int | None = None
+        tw = self.ehash.get(ft)
+        if isinstance(tw, MiniSocket):
+            # The TIME_WAIT the check accepted: tcp_twsk_unique() hands its sequence space and
+            # timestamps to the new connection (ISN tw_snd_nxt + 65537, not the keyed one), and
+            # __inet_hash_connect() kills it once the new socket is hashed (TWRecycled).
+            takeover = tw_unique(tw, config=self.config, now=now, autobind=autobind)
+            assert takeover is not None
+            iss, ts_recent, ts_recent_stamp = takeover
+            self.counters[C.TW_RECYCLED] += 1
+            self._apply(tw, tw.kill(now), now)
         conn = Connection(
             tuple=ft,
             config=self.config,
             profile=self.profile,
             iss=iss,
             ts_offset=ts_off,
-            ts_recent=takeover[1] if takeover else None,
-            ts_recent_stamp=takeover[2] if takeover else None,
+            ts_recent=ts_recent,
+            ts_recent_stamp=ts_recent_stamp,
             name=f"{self.name}:{fd}",
             counters=self.counters,
         )
         self._adopt(conn, s)
-        conn.connect(now)
-        self._after(conn, now)
+        self._apply(conn, conn.connect(now), now)
 
     def accept(self, fd: int) -> int | None:
         """accept(2): the next established child, or None if the queue is empty."""
@@ -376,8 +338,7 @@ class Host:
     def send(self, fd: int, data: bytes, now: int) -> None:
         """write(2)."""
         conn = self._conn(fd)
-        conn.send(data, now)
-        self._after(conn, now)
+        self._apply(conn, conn.send(data, now), now)
 
     def recv(self, fd: int) -> bytes:
         """read(2) of everything delivered so far (b"" when nothing)."""
@@ -394,19 +355,20 @@ class Host:
         return out
 
     def state(self, fd: int) -> TcpState:
-        """The TCP state behind a descriptor (CLOSED once the connection left the table)."""
+        """The TCP state behind a descriptor: CLOSED once the connection left the table, also
+        when a minisocket replaced it (tcp_time_wait() ends in tcp_done() for the full socket)."""
         s = self._sock(fd)
         if s.listening:
             return TcpState.LISTEN
-        if s.conn is None or s.conn.tuple not in self.ehash:
-            return s.conn.state if s.conn is not None else TcpState.CLOSED
-        return s.conn.state
+        conn = s.conn
+        if conn is None or self.ehash.get(conn.tuple) is not conn:
+            return TcpState.CLOSED
+        return conn.state
 
     def shutdown(self, fd: int, now: int) -> None:
         """shutdown(SHUT_WR): FIN without orphaning (FIN_WAIT_2 then has no timeout, ref 2.2)."""
         conn = self._conn(fd)
-        conn.shutdown_write(now)
-        self._after(conn, now)
+        self._apply(conn, conn.shutdown_write(now), now)
 
     def close(self, fd: int, now: int) -> None:
         """close(2). A connection lives on as an orphan (FIN_WAIT_1, LAST_ACK, ...)."""
@@ -415,10 +377,9 @@ class Host:
         s.fd_open = False
         if s.listening:
             s.listening = False
-            for child in s.accept_queue:  # K inet_csk_listen_stop(): children are aborted
+            for child in list(s.accept_queue):  # K inet_csk_listen_stop(): children aborted
                 if child.conn is not None:
-                    child.conn.abort(now)
-                    self._after(child.conn, now)
+                    self._apply(child.conn, child.conn.abort(now), now)
             s.accept_queue.clear()
             self._release_port(s)
             return
@@ -426,11 +387,10 @@ class Host:
             self._release_port(s)
             return
         conn = s.conn
-        if conn.tuple in self.ehash and self.ehash[conn.tuple] is conn:
+        if self.ehash.get(conn.tuple) is conn:
             conn.linger_zero = s.linger_zero
             conn.linger2 = s.linger2
-            conn.close(now)
-            self._after(conn, now)
+            self._apply(conn, conn.close(now), now)
         else:
             self._release_port(s)
 
@@ -445,17 +405,25 @@ class Host:
         ft = seg.receiver_tuple
         sk = self.ehash.get(ft)
         if isinstance(sk, Connection):
-            sk.receive(seg, now)
-            self._after(sk, now)
+            self._apply(sk, sk.receive(seg, now), now)
             return
-        if isinstance(sk, MiniSocket):
-            self._do_time_wait(sk, seg, now)
-            return
+        isn: int | None = None
+        if sk is not None:
+            res = sk.process(seg, now, self.config, self.profile, self.counters)
+            reopen = res.op
+            if not isinstance(reopen, Reopen):
+                self._apply(sk, res, now)
+                return
+            isn = reopen.isn  # TCP_TW_SYN: look for a listener, as for a segment with no socket
         listener = self._listener(ft.laddr, ft.lport)
         if listener is not None and seg.syn and not seg.has_ack and not seg.rst:
-            self._passive_open(listener, seg, now)
-            return
-        self._send_reset(seg)
+            if sk is not None:
+                self._apply(sk, sk.kill(now), now)  # inet_twsk_deschedule_put(); goto process
+            self._passive_open(listener, seg, now, isn)
+        elif sk is not None:
+            self._apply(sk, sk.timewait_ack(now), now)  # no listener: "fall through to ACK"
+        else:
+            self._send_reset(seg)
 
     def segments_to_send(self, now: int) -> list[Segment]:
         """Everything queued for the wire since the last call, in order."""
@@ -484,14 +452,8 @@ class Host:
                 continue  # superseded by a later reschedule
             del self._scheduled[ft]
             sk = self.ehash.get(ft)
-            if isinstance(sk, Connection):
-                sk.on_timer(now)
-                self._after(sk, now)
-            elif isinstance(sk, MiniSocket):
-                if sk.expires <= now:
-                    self._kill_tw(sk, now)  # tw_timer_handler(): nothing is sent on expiry
-                else:
-                    self._schedule(ft, self._tw_fires(sk, now))
+            if sk is not None:
+                self._apply(sk, sk.on_timer(now), now)
 
     # -- tables, for snapshots and tests -----------------------------------------------------
 
@@ -518,8 +480,9 @@ class Host:
         return n
 
     def memory_bytes(self) -> dict[str, int]:
-        """Kernel memory estimate from slab sizes (ref 9.1): ~256 B per minisocket, ~2.4 KB per
-        full socket plus ~1.2 KB for its file objects while a descriptor is open."""
+        """Kernel memory estimate from slab sizes (ref 9.1, model/states.py): ~256 B per
+        minisocket, ~2.4 KB per full socket plus ~1.2 KB for its file objects while a descriptor
+        is open."""
         full = sum(1 for _ in self.connections())
         fds = sum(1 for s in self._sockets.values() if s.fd_open)
         tw = self._tw_count
@@ -567,32 +530,27 @@ class Host:
                     best = s
         return best
 
-    def _check_established(
-        self, ft: FourTuple, now: int, autobind: bool
-    ) -> tuple[bool, tuple[int, int, int | None] | None]:
-        """`__inet_check_established()`: is the four-tuple free, or a TIME_WAIT we may take?"""
+    def _four_tuple_free(self, ft: FourTuple, now: int, autobind: bool) -> bool:
+        """`__inet_check_established()`: is the four-tuple free, or a TIME_WAIT that
+        tcp_twsk_unique() lets connect() take over? Asks only; `connect()` does the takeover."""
         sk = self.ehash.get(ft)
         if sk is None:
-            return True, None
-        if isinstance(sk, MiniSocket):
-            tk = tw_unique(sk, config=self.config, now=now, autobind=autobind)
-            if tk is not None:
-                self.counters[C.TW_RECYCLED] += 1
-                self._kill_tw(sk, now)
-                return True, tk
-        return False, None
+            return True
+        return (
+            isinstance(sk, MiniSocket)
+            and tw_unique(sk, config=self.config, now=now, autobind=autobind) is not None
+        )
 
     def _adopt(self, conn: Connection, s: Socket) -> None:
         conn.linger_zero = s.linger_zero
         conn.linger2 = s.linger2
         s.conn = conn
-        self._hist_seen[conn.tuple] = 0
         self.ehash[conn.tuple] = conn
         self._owner[conn.tuple] = s
 
-    def _passive_open(
-        self, listener: Socket, syn: Segment, now: int, isn: int | None = None
-    ) -> None:
+    def _passive_open(self, listener: Socket, syn: Segment, now: int, isn: int | None) -> None:
+        """A listener takes a SYN: a child socket in its bind bucket and a Connection in
+        SYN_RECEIVED. `isn` is forced when the SYN reopened a TIME_WAIT's four-tuple."""
         ft = syn.receiver_tuple
         child = Socket(
             fd=-1,
@@ -606,46 +564,21 @@ class Host:
             fd_open=False,
         )
         iss, ts_off = self.clocks.isn_and_ts_offset(ft, now, self.config.tcp_timestamps)
-        conn = Connection.accept_syn(
-            syn,
+        conn = Connection(
+            tuple=ft,
             config=self.config,
             profile=self.profile,
             iss=isn if isn is not None else iss,
             ts_offset=ts_off,
-            now=now,
             counters=self.counters,
         )
         child.conn = conn
-        self._hist_seen[ft] = 0
         self.ehash[ft] = conn
         self._owner[ft] = child
         # __inet_inherit_port(): the child joins the listener's bind bucket.
         self.ports.inherit(listener, child)
         child.port_held = True
-        self._after(conn, now)
-
-    def _do_time_wait(self, tw: MiniSocket, seg: Segment, now: int) -> None:
-        """tcp_v4_rcv() label do_time_wait."""
-        before = tw.substate
-        res = tw.process(seg, now, self.config, self.profile, self.counters)
-        if self.state_log is not None and tw.substate is not before:
-            # FIN on a FIN_WAIT2 minisocket: substate becomes TIME_WAIT (ref 1.4).
-            self.state_log.append((now, tw.tuple, before, tw.substate))
-        if res.verdict is TwVerdict.SYN:
-            listener = self._listener(tw.tuple.laddr, tw.tuple.lport)
-            if listener is not None and res.isn is not None:
-                self._kill_tw(tw, now)
-                self._passive_open(listener, seg, now, isn=res.isn)
-                return
-            self._out.append(tw.ack_for(now))
-        elif res.reply is not None:
-            self._out.append(res.reply)
-            if res.reply.rst:
-                self.counters[C.OUT_RSTS] += 1
-        if res.killed and self.ehash.get(tw.tuple) is tw:
-            self._kill_tw(tw, now)
-        elif self.ehash.get(tw.tuple) is tw:
-            self._schedule(tw.tuple, self._tw_fires(tw, now))
+        self._apply(conn, conn.accept_syn(syn, now), now)
 
     def _send_reset(self, seg: Segment) -> None:
         """tcp_v4_send_reset() for a segment no socket wants; never answers an RST."""
@@ -654,55 +587,64 @@ class Host:
         self.counters[C.OUT_RSTS] += 1
         self._out.append(reset_reply(seg))
 
-    def _after(self, conn: Connection, now: int) -> None:
-        """Collect output and apply the table changes a connection asked for."""
-        self._out.extend(conn.segments_to_send(now))
-        ft = conn.tuple
-        if self.state_log is not None:
-            seen = self._hist_seen.get(ft, 0)
-            for when, old, new in conn.history[seen:]:
-                self.state_log.append((when, ft, old, new))
-            self._hist_seen[ft] = len(conn.history)
-        if self.ehash.get(ft) is not conn:
-            return
-        owner = self._owner.get(ft)
-        if (
-            owner is not None
-            and owner.parent is not None
-            and not owner.queued
-            and conn.state is TcpState.ESTABLISHED
-            and owner.parent.listening
-        ):
-            owner.parent.accept_queue.append(owner)
-            owner.queued = True  # accept() gives it a descriptor
-        if conn.pending_minisock is not None:
-            substate, timeout = conn.pending_minisock
-            self._time_wait(conn, substate, timeout, now)
-            return
-        if conn.state is TcpState.CLOSED:
-            self._unhash(conn)
-            return
-        deadline = conn.next_deadline()
-        if deadline is not None:
-            self._schedule(ft, deadline)
+    def _apply(self, sk: Connection | MiniSocket, out: Outcome, now: int) -> None:
+        """Carry out what one call into `sk` did: the one place where a socket's outcome
+        reaches the namespace (module docstring)."""
+        if out.segments:
+            self._out.extend(out.segments)
+        ft = sk.tuple
+        changes = out.changes
+        if changes is not None and self.state_log is not None:
+            self.state_log.extend(changes)
+        if self.ehash.get(ft) is not sk:
+            return  # a socket no longer in the table (closed, handed off): nothing to apply
+        if changes is not None and isinstance(sk, Connection):
+            self._queue_if_established(ft, changes)
+        op = out.op
+        if op is None:
+            if isinstance(sk, MiniSocket):
+                self._schedule(ft, self._tw_fires(sk, now))
+            elif out.deadline is not None:
+                self._schedule(ft, out.deadline)
+            else:
+                self._scheduled.pop(ft, None)  # every timer stopped (e.g. all data acknowledged)
+        elif isinstance(op, HandOff):
+            assert isinstance(sk, Connection)
+            self._time_wait(sk, op, now)
+        elif op is UNHASH:
+            assert isinstance(sk, Connection)
+            self._unhash(sk)
+        elif op is KILL:
+            assert isinstance(sk, MiniSocket)
+            self._kill_tw(sk)
         else:
-            self._scheduled.pop(ft, None)  # every timer stopped (e.g. all data acknowledged)
+            raise InvalidArgument(f"{op!r} is for Host.receive() to apply, not _apply()")
 
-    def _time_wait(self, conn: Connection, substate: TcpState, timeout: int, now: int) -> None:
+    def _queue_if_established(self, ft: FourTuple, changes: list[StateChange]) -> None:
+        """An accepted child that reached ESTABLISHED joins its listener's accept queue
+        (inet_csk_reqsk_queue_add()); accept() then gives it a descriptor."""
+        owner = self._owner.get(ft)
+        if owner is None or owner.parent is None or owner.queued or not owner.parent.listening:
+            return
+        if any(ch.new is ESTABLISHED for ch in changes):
+            owner.parent.accept_queue.append(owner)
+            owner.queued = True
+
+    def _time_wait(self, conn: Connection, op: HandOff, now: int) -> None:
         """tcp_time_wait(): replace the full socket by a minisocket, or skip the wait."""
         ft = conn.tuple
         owner = self._owner.pop(ft)
         del self.ehash[ft]
-        self._hist_seen.pop(ft, None)
         if tw_overflow(self._tw_count, self.config):
             # inet_twsk_alloc() returned NULL: no wait at all, the tuple is free (ref 5).
             self.counters[C.TIME_WAIT_OVERFLOW] += 1
+            self._scheduled.pop(ft, None)
             self._release_port(owner)
             return
         tw = MiniSocket.create(
             tuple=ft,
-            substate=substate,
-            timeout=timeout,
+            substate=op.substate,
+            timeout=op.timeout,
             now=now,
             rcv_nxt=conn.rcv_nxt,
             snd_nxt=conn.snd_nxt,
@@ -714,7 +656,7 @@ class Host:
             reuseport=owner.reuseport,
             uid=owner.uid,
         )
-        self.counters[arm_counter(timeout)] += 1
+        self.counters[arm_counter(op.timeout)] += 1
         self.ehash[ft] = tw
         self._tw_count += 1
         if owner.port_held:
@@ -734,22 +676,19 @@ class Host:
         self._tw_armed[tw.tuple] = (tw.expires, fire)
         return fire
 
-    def _kill_tw(self, tw: MiniSocket, now: int) -> None:
+    def _kill_tw(self, tw: MiniSocket) -> None:
         """inet_twsk_kill(): unhash and drop the bind-bucket reference."""
-        if self.state_log is not None:
-            self.state_log.append((now, tw.tuple, tw.substate, TcpState.CLOSED))
-        if self.ehash.get(tw.tuple) is tw:
-            del self.ehash[tw.tuple]
-            self._scheduled.pop(tw.tuple, None)
-            self._tw_armed.pop(tw.tuple, None)
-            self._tw_count -= 1
-            self.ports.release(tw, tw.tuple.lport)
+        ft = tw.tuple
+        del self.ehash[ft]
+        self._scheduled.pop(ft, None)
+        self._tw_armed.pop(ft, None)
+        self._tw_count -= 1
+        self.ports.release(tw, ft.lport)
 
     def _unhash(self, conn: Connection) -> None:
         ft = conn.tuple
         del self.ehash[ft]
         self._scheduled.pop(ft, None)
-        self._hist_seen.pop(ft, None)
         owner = self._owner.pop(ft, None)
         if owner is None:
             return

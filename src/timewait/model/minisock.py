@@ -18,7 +18,9 @@ Every incoming segment goes through one pure decision and one table lookup:
    timer restart, kill, timestamp refresh, rate limit, counter, and the source it comes from.
    A profile selects a table; there is no profile `if` anywhere else.
 3. `MiniSocket.process()` applies the action in the kernel's order (restart before the rate
-   limit, the rate limit before the reply) and returns a frozen `TwResult`.
+   limit, the rate limit before the reply) and returns a `TwResult`: the host's `Outcome`
+   (timewait.model.outcome: the reply, the substate change, KILL or Reopen, the deadline) plus
+   the verdict and the row that decided it.
 
 The two profiles side by side (TIME_WAIT substate; `describe_rules()` prints every table):
 
@@ -35,9 +37,15 @@ The two profiles side by side (TIME_WAIT substate; `describe_rules()` prints eve
     SYN_ACCEPTABLE             SYN: ISN = snd_nxt + 65537         SYN (seq > rcv_nxt only)
     SYN_UNACCEPTABLE           ACK (rate-limited), no restart     challenge ACK (4th step)
 
-Time is integer ns. Replies are built here (`tcp_v4_timewait_ack()`, `tcp_v4_send_reset()`), but
-the caller sends them and counts OutSegs/OutRsts; timers are deadlines (`expires`) the caller
-schedules. Nothing here reads a clock.
+Time is integer ns. Replies are built here (`tcp_v4_timewait_ack()`, `tcp_v4_send_reset()`, which
+counts OutRsts), but the caller sends them; timers are deadlines (`expires`) the caller schedules
+(`on_timer()` says when the wait is over). Nothing here reads a clock.
+
+Beside the segment rules live the other TIME_WAIT rules: when connect() may take a minisocket
+over (`tw_unique()`, K tcp_twsk_unique(), shared with the flow engine through
+`tw_reuse_enabled()` and `tw_reuse_delay_passed()`), which counter its creation bumps, when
+tcp_max_tw_buckets refuses one, and how long an orphan waits in FIN_WAIT_2 (`fin_wait2_plan()`,
+which the full socket follows too).
 
 Kernel vs reference notes (the kernel wins):
 - Reply TS option: `tcp_v4_send_ack()` adds it iff `tsecr` (= tw_ts_recent) != 0, not iff
@@ -54,26 +62,25 @@ from enum import Enum
 from types import MappingProxyType
 from typing import Final
 
-from timewait.config import TCP_PAWS_MSL, TCP_TIMEWAIT_LEN, KernelConfig, Profile
+from timewait.config import KernelConfig, Profile
 from timewait.errors import ModelError, ProfileError
 from timewait.model import counters as C
 from timewait.model.clock import tsval as clock_tsval
 from timewait.model.counters import Counters
-from timewait.model.segment import Flags, FourTuple, Segment, reset_reply
-from timewait.model.seq import MASK, seq_add, seq_diff, seq_lt
-from timewait.model.states import TcpState
+from timewait.model.outcome import KILL, Outcome, Reopen, StateChange, TableOp
+from timewait.model.segment import Flags, FourTuple, Segment, is_loopback, reset_reply
+from timewait.model.seq import MASK, seq_add, seq_diff, seq_gt, seq_lt
+from timewait.model.states import TCP_TIMEWAIT_LEN, TcpState
+from timewait.model.tcp import oow_rate_limited, paws_reject
 from timewait.units import MS, SEC
 
 # -- named, sourced constants -------------------------------------------------------------------
 
 # K tcp_minisocks.c tcp_timewait_state_process(): isn = tw_snd_nxt + 65535 + 2 (0 -> 1). The
-# same gap is used by tcp_twsk_unique() for connect() takeovers (ref 1.5).
+# same gap is used by tcp_twsk_unique() for connect() takeovers (ref 1.5): `takeover_isn()`.
 TW_ISN_GAP: Final = 65535 + 2
 # K inet_timewait_sock.c __inet_twsk_schedule(): `kill = timeo <= 4*HZ` picks TWKilled over TW.
 TW_KILL_THRESHOLD: Final = 4 * SEC
-# include/net/tcp.h: TCP_PAWS_WRAP (INT_MAX / USEC_PER_SEC) seconds; after that long PAWS gives up
-# on ts_recent (tcp_paws_check(), RFC 7323 §5.5).
-TCP_PAWS_WRAP: Final = (2**31 - 1) // 1_000_000 * SEC
 # include/net/tcp.h: TCP_RTO_MIN (HZ/5). Default RTO for the 3.5*RTO floor of tcp_fin_time().
 TCP_RTO_MIN: Final = 200 * MS
 
@@ -434,23 +441,52 @@ def _flags(a: Action) -> list[tuple[str, bool]]:
 # -- the minisocket -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TwResult:
-    """Outcome of one segment on a minisocket.
+@dataclass(slots=True, init=False)
+class TwResult(Outcome):
+    """The outcome of one segment on a minisocket, with the verdict and the row behind it.
 
-    `reply` is the segment to send (ACK, or RST for verdict RST); None when nothing is sent,
-    including a rate-limited ACK (verdict then SUCCESS, as the kernel returns). For verdict SYN,
-    `isn` is the forced ISN and the caller decides: listener -> kill the minisocket and pass the
-    SYN on with `isn`; no listener -> send `tw.ack_for(now)`. `killed` means remove the minisocket
-    now. `rule` is "<table>.<KIND>" for traces.
+    `segments` holds the reply, if any (ACK, or RST for verdict RST); nothing is sent for a
+    rate-limited ACK (verdict then SUCCESS, as the kernel returns). `op` is KILL when the
+    minisocket goes now, or `Reopen(isn)` for verdict SYN: a listener takes the SYN with that
+    ISN, and without one the host falls through to `timewait_ack()` (K tcp_v4_rcv()).
+    `rule` is "<table>.<KIND>" for traces.
     """
 
     verdict: TwVerdict
     kind: SegmentKind
     rule: str
-    reply: Segment | None = None
-    isn: int | None = None
-    killed: bool = False
+
+    def __init__(
+        self,
+        *,
+        verdict: TwVerdict,
+        kind: SegmentKind,
+        rule: str,
+        segments: list[Segment],
+        changes: list[StateChange] | None,
+        op: TableOp | None,
+        deadline: int,
+    ) -> None:
+        Outcome.__init__(self, segments, changes, op, deadline)
+        self.verdict = verdict
+        self.kind = kind
+        self.rule = rule
+
+    @property
+    def reply(self) -> Segment | None:
+        """The one segment sent back, or None."""
+        return self.segments[0] if self.segments else None
+
+    @property
+    def isn(self) -> int | None:
+        """The ISN a new SYN is accepted with (verdict SYN), else None."""
+        op = self.op
+        return op.isn if isinstance(op, Reopen) else None
+
+    @property
+    def killed(self) -> bool:
+        """The minisocket is removed now."""
+        return self.op is KILL
 
 
 @dataclass(slots=True, kw_only=True, init=False)
@@ -586,7 +622,7 @@ class MiniSocket:
         return self.expires
 
     def expired(self, now: int) -> bool:
-        """True once the timer has fired; the caller unhashes the minisocket. Nothing is sent."""
+        """True once the timer has fired (`on_timer()` then kills it). Nothing is sent."""
         return now >= self.expires
 
     # -- segment processing --------------------------------------------------------------------
@@ -601,8 +637,8 @@ class MiniSocket:
     ) -> TwResult:
         """K tcp_minisocks.c tcp_timewait_state_process() plus the reply tcp_v4_rcv() sends.
 
-        Updates this minisocket in place and bumps kernel counters. The caller sends `reply`,
-        and removes the minisocket when `killed`, otherwise reschedules it at `expires`.
+        Updates this minisocket in place and bumps kernel counters; the host applies the result
+        (sends the reply, logs the substate change, kills or reopens, reschedules at `expires`).
         """
         rules = rules_for(self.substate, profile)
         if self.substate is TcpState.FIN_WAIT_2:
@@ -619,6 +655,7 @@ class MiniSocket:
         if action.enter_time_wait:
             # FIN arrived: "enter true time-wait state". rcv_nxt moves past the FIN; with a
             # timestamp, tw_entry_stamp and ts_recent* are refreshed; full TIME_WAIT timer.
+            change = StateChange(now, self.tuple, self.substate, TcpState.TIME_WAIT)
             self.substate = TcpState.TIME_WAIT
             self.rcv_nxt = seq_add(seg.seq, seg.seg_len)
             if saw_ts and action.refresh_ts:
@@ -627,11 +664,11 @@ class MiniSocket:
                 self.ts_recent = seg.tsval
                 self.ts_recent_stamp = now
             self.expires = now + profile.time_wait_len
-            return TwResult(verdict=TwVerdict.ACK, kind=kind, rule=rule, reply=self.ack_for(now))
+            return self._result(TwVerdict.ACK, kind, rule, [self.ack_for(now)], [change])
 
         if action.kill:
-            reply = reset_reply(seg) if action.verdict is TwVerdict.RST else None
-            return TwResult(verdict=action.verdict, kind=kind, rule=rule, reply=reply, killed=True)
+            replies = self._reset(seg, counters) if action.verdict is TwVerdict.RST else []
+            return self._result(action.verdict, kind, rule, replies, [self._closed(now)], KILL)
 
         if action.restart_timer:
             # inet_twsk_reschedule(tw, TCP_TIMEWAIT_LEN): the full length again (ref 1.3).
@@ -641,22 +678,63 @@ class MiniSocket:
             self.ts_recent = seg.tsval
             self.ts_recent_stamp = now
 
-        if action.verdict is TwVerdict.SYN:
-            isn = seq_add(self.snd_nxt, TW_ISN_GAP) or 1
-            return TwResult(verdict=TwVerdict.SYN, kind=kind, rule=rule, isn=isn)
-        if action.verdict is TwVerdict.ACK:
+        verdict = action.verdict
+        if verdict is TwVerdict.SYN:
+            return self._result(verdict, kind, rule, [], op=Reopen(self.takeover_isn()))
+        if verdict is TwVerdict.ACK:
             skipped = (
                 C.ACK_SKIPPED_FINWAIT2
                 if self.substate is TcpState.FIN_WAIT_2
                 else C.ACK_SKIPPED_TIMEWAIT
             )
-            if action.rate_limited and self._oow_rate_limited(seg, now, config):
-                counters[skipped] += 1
-                return TwResult(verdict=TwVerdict.SUCCESS, kind=kind, rule=rule)
-            return TwResult(verdict=TwVerdict.ACK, kind=kind, rule=rule, reply=self.ack_for(now))
-        if action.verdict is TwVerdict.RST:
-            return TwResult(verdict=TwVerdict.RST, kind=kind, rule=rule, reply=reset_reply(seg))
-        return TwResult(verdict=TwVerdict.SUCCESS, kind=kind, rule=rule)
+            if action.rate_limited and oow_rate_limited(self, seg, now, config, counters, skipped):
+                return self._result(TwVerdict.SUCCESS, kind, rule, [])
+            return self._result(verdict, kind, rule, [self.ack_for(now)])
+        if verdict is TwVerdict.RST:
+            return self._result(verdict, kind, rule, self._reset(seg, counters))
+        return self._result(verdict, kind, rule, [])
+
+    def on_timer(self, now: int) -> Outcome:
+        """tw_timer_handler(): once `expires` has passed the minisocket goes, silently."""
+        if self.expired(now):
+            return self.kill(now)
+        return Outcome([], deadline=self.expires)
+
+    def kill(self, now: int) -> Outcome:
+        """The minisocket goes now (timer, connect() takeover, a SYN that reopens the tuple)."""
+        return Outcome([], [self._closed(now)], KILL)
+
+    def timewait_ack(self, now: int) -> Outcome:
+        """TCP_TW_SYN and no listener: tcp_v4_rcv() "falls through to ACK" (ack_for())."""
+        return Outcome([self.ack_for(now)], deadline=self.expires)
+
+    def takeover_isn(self) -> int:
+        """The ISN of a connection that replaces this minisocket: tw_snd_nxt + 65535 + 2, never
+        0 (tcp_timewait_state_process() for a SYN, tcp_twsk_unique() for connect(); ref 1.5)."""
+        return seq_add(self.snd_nxt, TW_ISN_GAP) or 1
+
+    def _result(
+        self,
+        verdict: TwVerdict,
+        kind: SegmentKind,
+        rule: str,
+        segments: list[Segment],
+        changes: list[StateChange] | None = None,
+        op: TableOp | None = None,
+    ) -> TwResult:
+        return TwResult(
+            verdict=verdict, kind=kind, rule=rule, segments=segments, changes=changes, op=op,
+            deadline=self.expires,
+        )  # fmt: skip
+
+    def _closed(self, now: int) -> StateChange:
+        return StateChange(now, self.tuple, self.substate, TcpState.CLOSED)
+
+    @staticmethod
+    def _reset(seg: Segment, counters: Counters) -> list[Segment]:
+        """K tcp_v4_send_reset() answering `seg` (TCP_TW_RST)."""
+        counters[C.OUT_RSTS] += 1
+        return [reset_reply(seg)]
 
     def ack_for(self, now: int) -> Segment:
         """K tcp_ipv4.c tcp_v4_timewait_ack() -> tcp_v4_send_ack().
@@ -680,34 +758,8 @@ class MiniSocket:
             tsecr=self.ts_recent if has_ts else None,
         )
 
-    def _oow_rate_limited(self, seg: Segment, now: int, config: KernelConfig) -> bool:
-        """K tcp_input.c tcp_oow_rate_limited() / __tcp_oow_rate_limited().
-
-        Data- or FIN-bearing non-SYN segments are never limited ("the other end may be
-        legitimately retransmitting") and do not move the clock. Otherwise one ACK per
-        tcp_invalid_ratelimit (500 ms) per minisocket: limited if 0 <= now - last < limit.
-        """
-        if seg.seg_len != 0 and not seg.syn:
-            return False
-        last = self.last_oow_ack_time
-        if last is not None and 0 <= now - last < config.invalid_ratelimit_ns:
-            return True
-        self.last_oow_ack_time = now
-        return False
-
 
 # -- classification (pure) -----------------------------------------------------------------------
-
-
-def _before(a: int, b: int) -> bool:
-    """include/net/tcp.h before(): (s32)(a - b) < 0."""
-    return seq_lt(a, b)
-
-
-def _after(a: int, b: int) -> bool:
-    """include/net/tcp.h after(a, b) == before(b, a). Written this way (not seq_gt(a, b)) so
-    that a distance of exactly 2**31 gives the kernel's answer."""
-    return seq_lt(b, a)
 
 
 def _saw_tstamp(tw: MiniSocket, seg: Segment, timestamps: bool) -> bool:
@@ -716,23 +768,11 @@ def _saw_tstamp(tw: MiniSocket, seg: Segment, timestamps: bool) -> bool:
     return timestamps and tw.ts_recent_stamp is not None and seg.tsval is not None
 
 
-def paws_reject(tw: MiniSocket, seg: Segment, now: int) -> bool:
-    """include/net/tcp.h tcp_paws_reject() on the minisocket's ts_recent (RFC 7323 §5.3).
-
-    Not rejected when TSval >= ts_recent, when ts_recent is older than TCP_PAWS_WRAP, or when
-    ts_recent == 0 (tcp_paws_check()); an RST is also let through once ts_recent_stamp is
-    TCP_PAWS_MSL (60 s) old. The stamp is compared in whole seconds (ktime_get_seconds()).
-    """
+def _paws_rejected(tw: MiniSocket, seg: Segment, now: int) -> bool:
+    """tcp_paws_reject() (timewait.model.tcp) on the minisocket's tw_ts_recent and its stamp."""
     if tw.ts_recent_stamp is None or seg.tsval is None:
         return False
-    if seq_diff(tw.ts_recent, seg.tsval) <= 0:  # (s32)(ts_recent - rcv_tsval) <= paws_win
-        return False
-    now_s, stamp_s = now // SEC, tw.ts_recent_stamp // SEC
-    if now_s >= stamp_s + TCP_PAWS_WRAP // SEC:
-        return False
-    if tw.ts_recent == 0:
-        return False
-    return not (seg.rst and now_s >= stamp_s + TCP_PAWS_MSL // SEC)
+    return paws_reject(tw.ts_recent, tw.ts_recent_stamp, seg.tsval, now, rst=seg.rst)
 
 
 def classify_time_wait(
@@ -740,7 +780,7 @@ def classify_time_wait(
 ) -> SegmentKind:
     """Which row of ref 1.3 a segment hits, in tcp_timewait_state_process()'s order."""
     saw_ts = _saw_tstamp(tw, seg, timestamps)
-    paws = saw_ts and paws_reject(tw, seg, now)
+    paws = saw_ts and _paws_rejected(tw, seg, now)
     rcv_nxt = tw.rcv_nxt
 
     # "In window segment, it may be only reset or bare ack."
@@ -753,7 +793,7 @@ def classify_time_wait(
 
     # New SYN: accepted on a higher seq, or (timestamps) a strictly newer TSval.
     if seg.syn and not seg.rst and not seg.has_ack and not paws:
-        if _after(seg.seq, rcv_nxt):
+        if seq_gt(seg.seq, rcv_nxt):
             return SegmentKind.SYN_ACCEPTABLE
         # (s32)(tw_ts_recent - rcv_tsval) < 0: a strictly newer TSval (RFC 6191-like)
         if saw_ts and seg.tsval is not None and seq_diff(tw.ts_recent, seg.tsval) < 0:
@@ -777,7 +817,7 @@ def _in_window(seq: int, end_seq: int, s_win: int, e_win: int) -> bool:
     """K tcp_minisocks.c tcp_in_window()."""
     if seq == s_win:
         return True
-    if _after(end_seq, s_win) and _before(seq, e_win):
+    if seq_gt(end_seq, s_win) and seq_lt(seq, e_win):
         return True
     return seq == e_win and seq == end_seq
 
@@ -791,15 +831,15 @@ def classify_fin_wait2(
     rcv_nxt = tw.rcv_nxt
     end_seq = seq_add(seg.seq, seg.seg_len)
 
-    if saw_ts and paws_reject(tw, seg, now):
+    if saw_ts and _paws_rejected(tw, seg, now):
         return SegmentKind.FW2_PAWS_REJECT
     if not _in_window(seg.seq, end_seq, rcv_nxt, seq_add(rcv_nxt, tw.rcv_wnd)):
         return SegmentKind.FW2_RST_OUT_OF_WINDOW if seg.rst else SegmentKind.FW2_OUT_OF_WINDOW
     if seg.rst:
         return SegmentKind.FW2_RST_IN_WINDOW
-    if seg.syn and not _before(seg.seq, rcv_nxt):
+    if seg.syn and not seq_lt(seg.seq, rcv_nxt):
         return SegmentKind.FW2_SYN_IN_WINDOW
-    if not seg.has_ack or not _after(end_seq, rcv_nxt) or seg.seg_len == 0:
+    if not seg.has_ack or not seq_gt(end_seq, rcv_nxt) or seg.seg_len == 0:
         return SegmentKind.FW2_DUP_OR_NO_ACK
     if not seg.fin or end_seq != seq_add(rcv_nxt, 1):
         return SegmentKind.FW2_NEW_DATA
@@ -827,13 +867,16 @@ def tw_overflow(current_count: int, config: KernelConfig) -> bool:
     return current_count >= config.tcp_max_tw_buckets
 
 
+def _rto_floor(rto: int) -> int:
+    """(rto << 2) - (rto >> 1) = 3.5 x RTO: the least an orphan's FIN_WAIT2 ever waits."""
+    return (rto << 2) - (rto >> 1)
+
+
 def tcp_fin_time(config: KernelConfig, *, linger2: int = 0, rto: int = TCP_RTO_MIN) -> int:
     """include/net/tcp.h tcp_fin_time(): TCP_LINGER2 (ns, 0 = unset; do_tcp_setsockopt() already
-    capped it at TCP_FIN_TIMEOUT_MAX) or tcp_fin_timeout, but never below 3.5 * RTO
-    (`(rto << 2) - (rto >> 1)`)."""
+    capped it at TCP_FIN_TIMEOUT_MAX) or tcp_fin_timeout, but never below 3.5 * RTO."""
     fin_timeout = linger2 if linger2 else config.tcp_fin_timeout * SEC
-    floor = (rto << 2) - (rto >> 1)
-    return max(fin_timeout, floor)
+    return max(fin_timeout, _rto_floor(rto))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -859,7 +902,9 @@ def fin_wait2_plan(
     config: KernelConfig, *, linger2: int = 0, rto: int = TCP_RTO_MIN
 ) -> FinWait2Plan:
     """K tcp.c __tcp_close(), tcp_input.c tcp_rcv_state_process() case TCP_FIN_WAIT1, and
-    tcp_timer.c tcp_keepalive_timer() for an orphaned FIN_WAIT_2 (ref 2.2).
+    tcp_timer.c tcp_keepalive_timer() for an orphaned FIN_WAIT_2 (ref 2.2). The Connection
+    follows this plan, asking it again when its keepalive timer fires (the kernel recomputes
+    tcp_fin_time() there).
 
     tmo <= 60 s: minisocket for tmo at once. tmo > 60 s: the full socket keeps a keepalive timer
     for tmo - 60 s; when it fires, tcp_fin_time() - 60 s is recomputed and a minisocket is
@@ -869,13 +914,52 @@ def fin_wait2_plan(
     """
     if linger2 < 0:
         return FinWait2Plan(abort=True, full_socket_wait=0, minisocket_timeout=0)
-    rto_floor = (rto << 2) - (rto >> 1)
     tmo = tcp_fin_time(config, linger2=linger2, rto=rto)
-    if tmo > TCP_TIMEWAIT_LEN:
-        second = tcp_fin_time(config, linger2=linger2, rto=rto) - TCP_TIMEWAIT_LEN
-        return FinWait2Plan(
-            abort=False,
-            full_socket_wait=tmo - TCP_TIMEWAIT_LEN,
-            minisocket_timeout=max(second, rto_floor),
-        )
-    return FinWait2Plan(abort=False, full_socket_wait=0, minisocket_timeout=max(tmo, rto_floor))
+    if tmo <= TCP_TIMEWAIT_LEN:
+        return FinWait2Plan(abort=False, full_socket_wait=0, minisocket_timeout=tmo)
+    rest = tmo - TCP_TIMEWAIT_LEN
+    return FinWait2Plan(
+        abort=False,
+        full_socket_wait=rest,
+        minisocket_timeout=max(rest, _rto_floor(rto)),  # tcp_time_wait(): `if (timeo < rto)`
+    )
+
+
+# -- connect() taking a minisocket over (K tcp_ipv4.c tcp_twsk_unique(), ref 3) ------------------
+
+
+def tw_reuse_enabled(config: KernelConfig, *, loopback: bool) -> bool:
+    """The sysctl part of tcp_twsk_unique() for an autobinding connect(): tcp_tw_reuse 1, or 2
+    when the minisocket's source or destination is a loopback address (Linux 4.18)."""
+    reuse = config.tcp_tw_reuse
+    return reuse == 1 or (reuse == 2 and loopback)
+
+
+def tw_reuse_delay_passed(entry_stamp: int, now: int, config: KernelConfig) -> bool:
+    """tcp_twsk_unique(): `time_after32(now_ms, tw_entry_stamp_ms + tcp_tw_reuse_delay)`,
+    strictly later, in whole ms (tcp_tw_reuse_delay, Linux 6.14+; 1 s before)."""
+    return now // MS > entry_stamp // MS + config.tcp_tw_reuse_delay
+
+
+def tw_unique(
+    tw: MiniSocket, *, config: KernelConfig, now: int, autobind: bool
+) -> tuple[int, int, int | None] | None:
+    """`tcp_twsk_unique()`: may connect() take over this minisocket?
+
+    Returns (new write_seq, ts_recent, ts_recent_stamp) on takeover, None otherwise.
+    * `autobind` (port being searched, twp != NULL): needs tw_reuse_enabled() (loopback per
+      the four-tuple), substate TIME_WAIT, timestamps seen, and tw_reuse_delay_passed().
+    * explicitly bound socket (twp == NULL): timestamps seen is enough; the sysctl, the delay
+      and the FIN_WAIT2 rule are not consulted (ref 3 last bullet, Lab E7).
+    """
+    if tw.ts_recent_stamp is None:  # tw_ts_recent_stamp == 0: no PAWS protection, never
+        return None
+    if autobind:
+        if tw.substate is TcpState.FIN_WAIT_2:
+            return None
+        ft = tw.tuple
+        if not tw_reuse_enabled(config, loopback=is_loopback(ft.laddr) or is_loopback(ft.raddr)):
+            return None
+        if not tw_reuse_delay_passed(tw.entry_stamp, now, config):
+            return None
+    return (tw.takeover_isn(), tw.ts_recent, tw.ts_recent_stamp)

@@ -13,7 +13,9 @@ worlds:
 * connect() (`connect_port`, K `__inet_hash_connect()`, ref 7.2) never shares a port held by a
   bind() user, and shares a connect-created port freely as long as the four-tuple is unique. The
   four-tuple check lives with the caller (it owns the established hash and the TIME_WAIT
-  takeover rules of ref 3) and is passed in as `check(port) -> bool`.
+  takeover rules of ref 3) and is passed in as a pure `check(port) -> bool`; like the kernel,
+  which kills a reusable TIME_WAIT only after the new socket is hashed, the caller takes the
+  chosen port's TIME_WAIT over once the search has returned.
 * bind() (`bind`, K `inet_csk_get_port()`, ref 8) checks every owner of the port with
   `inet_bind_conflict()` + address overlap (`inet_rcv_saddr_equal()`), whoever created the bucket.
 
@@ -58,9 +60,6 @@ PERTURB_RANDOM_STEPS: Final = 8
 
 _U32: Final = 0xFFFF_FFFF
 _U16: Final = 0xFFFF
-
-WILDCARD_V4: Final = "0.0.0.0"
-WILDCARD_V6: Final = "::"
 
 
 class PortOwner(Protocol):
@@ -469,13 +468,13 @@ class PortTable:
         Only for a socket without a port (ref 7.2 step 1: a bound socket only needs the
         four-tuple check, which is the caller's). `port_offset` is
         `HostClocks.port_offset(laddr, raddr, rport, now)`. `check(port)` must return True iff
-        (laddr, port, raddr, rport) is free in the established hash, or held by a TIME_WAIT the
-        caller has just taken over (`__inet_check_established()` + `tcp_twsk_unique()`, ref 3);
-        it is called only for ports with no bucket or a connect-created one, in scan order, and
-        the first True wins (free ports are not preferred over reusable TIME_WAITs). If it took
-        over a minisocket, the caller releases that minisocket's port (`release(tw, port)`),
-        inside `check` or afterwards. Registers `owner` and returns the port; raises
-        AddressNotAvailable (table unchanged) when no port fits.
+        (laddr, port, raddr, rport) is free in the established hash, or held by a TIME_WAIT that
+        `tcp_twsk_unique()` lets connect() take over (`__inet_check_established()`, ref 3), and
+        must change nothing; it is called only for ports with no bucket or a connect-created
+        one, in scan order, and the first True wins (free ports are not preferred over reusable
+        TIME_WAITs). Registers `owner` and returns the port; the caller then takes the
+        TIME_WAIT over and releases its port (`release(tw, port)`), as __inet_hash_connect()
+        does after hashing. Raises AddressNotAvailable (table unchanged) when no port fits.
         """
         del now
         if self.port_of(owner) is not None:
@@ -537,7 +536,6 @@ class PortTable:
         self, owner: PortOwner, port: int, index: int, i: int, step: int, rng: random.Random
     ) -> None:
         """Step 7: bucket bookkeeping and the perturbation update."""
-        # `check` may have released a TIME_WAIT owner and with it the bucket: look again.
         bucket = self._buckets.get(port)
         if bucket is None:
             # inet_bind_bucket_create(); tb->fastreuse = tb->fastreuseport = -1.

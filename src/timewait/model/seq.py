@@ -48,8 +48,3 @@ def seq_ge(a: int, b: int) -> bool:
 def seq_in_window(s: int, lo: int, size: int) -> bool:
     """lo <= s < lo + size in sequence space."""
     return 0 <= ((s - lo) & MASK) < size
-
-
-# Timestamps compare the same way (RFC 7323 §5.2: TSval arithmetic is modulo 2**32).
-ts_newer = seq_gt
-ts_older = seq_lt

@@ -13,8 +13,9 @@ import heapq
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from timewait.model.host import Host, is_loopback
-from timewait.model.segment import Segment
+from timewait.errors import ModelError
+from timewait.model.host import Host
+from timewait.model.segment import Segment, is_loopback
 from timewait.units import US
 
 
@@ -71,7 +72,7 @@ class Wire:
     def run(self, until: int) -> None:
         """Deliver segments and fire timers up to and including `until` (ns)."""
         if until < self.now:
-            raise ValueError(f"run(until={until}) is before now={self.now}")
+            raise ModelError(f"run(until={until}) is before now={self.now}: pass a later time")
         self.flush()
         while (t := self.next_time()) is not None and t <= until:
             self.now = max(self.now, t)

@@ -1,30 +1,19 @@
 """Ladder diagrams: the segments of one connection between two columns, readable in a terminal.
 
-Input is a time-ordered list of `Rung`s (a segment sent by the left or right end, possibly lost,
-or a state change of one end); output is plain text. Sequence and ACK numbers are shown relative
-to each side's ISN, as Wireshark does, so the diagram stays readable.
+Input is a list of `Rung`s, the simulator's trace records (timewait.sim.trace: a segment sent by
+the left or right end, possibly lost, or a state change of one end); output is plain text.
+Sequence and ACK numbers are shown relative to each side's ISN, as Wireshark does, so the
+diagram stays readable.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from timewait.model.segment import Segment
 from timewait.model.seq import MASK
+from timewait.sim.trace import Rung
 from timewait.units import MS
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Rung:
-    """One line of the ladder. Exactly one of `segment` or `state` is set."""
-
-    time: int  # ns
-    left: bool  # True: the left end sent it / changed state
-    segment: Segment | None = None
-    lost: bool = False
-    state: str | None = None  # e.g. "FIN-WAIT-1 -> FIN-WAIT-2"
-    note: str = ""
 
 
 def _label(seg: Segment, isn_self: int | None, isn_peer: int | None) -> str:

@@ -47,10 +47,12 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Final
 
-from timewait.config import TCP_TIMEWAIT_LEN, KernelConfig
+from timewait.config import KernelConfig
 from timewait.errors import TimewaitError
 from timewait.model import counters as C
 from timewait.model.counters import Counters
+from timewait.model.minisock import tw_reuse_delay_passed, tw_reuse_enabled
+from timewait.model.states import TCP_TIMEWAIT_LEN
 from timewait.model.timerwheel import fires_at
 from timewait.units import MS, SEC
 
@@ -58,8 +60,9 @@ ARRIVALS: Final = ("fixed", "poisson")
 _NEVER: Final = 1 << 62
 
 
-class InvalidWorkload(TimewaitError):
-    """A flow workload that has no meaning (negative rate, zero destinations, ...)."""
+class InvalidWorkload(TimewaitError, ValueError):
+    """A workload that has no meaning (negative rate, zero destinations, ...): flow-level here,
+    packet-level in timewait.sim.workloads. The message names the value and what is allowed."""
 
 
 def usable_ports(config: KernelConfig, bind_held: int = 0) -> int:
@@ -135,6 +138,7 @@ class FlowResult:
     # steady state that is one full rotation of every port (FIFO), so no aliasing with the
     # burst pattern of a saturated range; below capacity it is the offered rate.
     recent_rate: float = 0.0
+    final_time_wait: int = 0  # client TIME_WAITs when the run ends (t = duration)
 
     def mean_time_wait(self, last_s: float) -> float:
         """Mean sampled TIME_WAIT count over the last `last_s` seconds (a steady-state level)."""
@@ -183,6 +187,149 @@ def arrival_times(workload: FlowWorkload, rng: random.Random) -> Callable[[], in
     return poisson
 
 
+class _FlowRun:
+    """One run of `simulate()`: the client namespace's state and the three event kinds.
+
+    State: per destination, the four-tuples held (`in_use`) and its TIME_WAITs oldest first
+    (`tw_dest`, entries [expiry_ns, dest, entry_ns], dest = -1 once taken over); every
+    TIME_WAIT in expiry order (`tw_all`); open connections in end order (`active`).
+    """
+
+    def __init__(
+        self,
+        config: KernelConfig,
+        workload: FlowWorkload,
+        time_wait_len: int,
+        outcomes: list[tuple[int, bool]] | None,
+        timer_hz: int | None,
+    ) -> None:
+        w = workload
+        self.config = config
+        self.usable = usable_ports(config, w.bind_held_ports)
+        self.res = FlowResult(usable_ports=self.usable)
+        self.time_wait_len = time_wait_len
+        self.timer_hz = timer_hz
+        self.outcomes = outcomes
+        # tcp_twsk_unique() conditions that do not depend on the minisocket's age (ref 3):
+        # tw_reuse_enabled(); tw_ts_recent_stamp != 0 needs timestamps both ways.
+        self.reuse = (
+            tw_reuse_enabled(config, loopback=w.loopback)
+            and config.timestamps_enabled
+            and w.peer_timestamps
+        )
+        self.max_tw = config.tcp_max_tw_buckets
+        self.client_first = w.client_closes_first
+        self.lifetime = w.lifetime
+        self.in_use = [0] * w.destinations
+        self.tw_dest: list[deque[list[int]]] = [deque() for _ in range(w.destinations)]
+        self.tw_all: deque[list[int]] = deque()
+        self.active: deque[tuple[int, int]] = deque()  # (end_ns, dest)
+        self.server_tw: deque[int] = deque()  # expiry times of the server's TIME_WAITs
+        self.tw_total = 0
+        self.n_tw = self.n_recycled = self.n_overflow = 0
+        self.attempts = self.ok = self.failures = 0
+        self.first_failure: int | None = None
+        self.recent: deque[int] = deque(maxlen=self.usable * w.destinations + 1)
+        self.step = w.sample_every
+        self.next_sample = 0
+        self.fails_at_last = 0
+        self.ok_at_last = 0
+
+    def dies_at(self, armed: int) -> int:
+        """When a TIME_WAIT armed at `armed` is killed (the timer wheel's bucket if timer_hz)."""
+        deadline = armed + self.time_wait_len
+        return deadline if self.timer_hz is None else fires_at(armed, deadline, self.timer_hz)
+
+    def advance(self, t: int) -> None:
+        """Apply every TIME_WAIT expiry and connection end at or before t, in time order."""
+        tw_all, active, in_use = self.tw_all, self.active, self.in_use
+        while True:
+            e = tw_all[0][0] if tw_all else _NEVER
+            a = active[0][0] if active else _NEVER
+            if e <= a and e <= t:
+                entry = tw_all.popleft()
+                d = entry[1]
+                if d >= 0:  # tw_timer_handler() -> inet_twsk_kill(): the port is free again
+                    self.tw_dest[d].popleft()
+                    in_use[d] -= 1
+                    self.tw_total -= 1
+            elif a <= t:
+                end, d = active.popleft()
+                if not self.client_first:
+                    in_use[d] -= 1  # passive closer: LAST_ACK -> CLOSED, no TIME_WAIT (ref 1.1)
+                    self.server_tw.append(self.dies_at(end))
+                elif self.tw_total >= self.max_tw:  # tw_overflow(): inet_twsk_alloc() failed
+                    self.n_overflow += 1
+                    in_use[d] -= 1
+                else:  # tcp_time_wait(): the four-tuple stays held for TCP_TIMEWAIT_LEN
+                    entry = [self.dies_at(end), d, end]
+                    tw_all.append(entry)
+                    self.tw_dest[d].append(entry)
+                    self.tw_total += 1
+                    self.n_tw += 1
+            else:
+                return
+
+    def sample_until(self, t: int) -> None:
+        """Record every sample due at or before t (the series of FlowResult)."""
+        res = self.res
+        step_s = self.step / SEC
+        while self.next_sample <= t:
+            at = self.next_sample
+            self.advance(at)
+            while self.server_tw and self.server_tw[0] <= at:
+                self.server_tw.popleft()
+            res.times.append(at / SEC)
+            res.time_wait.append(self.tw_total)
+            res.ports_in_use.append(sum(self.in_use))
+            res.established.append(len(self.active))
+            res.server_time_wait.append(len(self.server_tw))
+            res.failures_per_s.append((self.failures - self.fails_at_last) / step_s if at else 0.0)
+            res.connections_per_s.append((self.ok - self.ok_at_last) / step_s if at else 0.0)
+            self.fails_at_last, self.ok_at_last = self.failures, self.ok
+            self.next_sample = at + self.step
+
+    def connect(self, t: int, d: int) -> None:
+        """One connect() toward destination d at t: a free port, a TIME_WAIT taken over, or
+        EADDRNOTAVAIL."""
+        self.attempts += 1
+        tws = self.tw_dest[d]
+        if self.in_use[d] < self.usable:
+            self.in_use[d] += 1
+        elif self.reuse and tws and tw_reuse_delay_passed(tws[0][2], t, self.config):
+            # __inet_check_established() -> tcp_twsk_unique(): the oldest TIME_WAIT is old
+            # enough; it is killed and its port goes to the new connection.
+            tws.popleft()[1] = -1
+            self.tw_total -= 1
+            self.n_recycled += 1
+        else:  # __inet_hash_connect(): both parity passes found nothing -> EADDRNOTAVAIL
+            self.failures += 1
+            if self.first_failure is None:
+                self.first_failure = t
+            if self.outcomes is not None:
+                self.outcomes.append((t, False))
+            return
+        self.ok += 1
+        if self.outcomes is not None:
+            self.outcomes.append((t, True))
+        self.recent.append(t)
+        self.active.append((t + self.lifetime, d))
+
+    def result(self) -> FlowResult:
+        res = self.res
+        recent = self.recent
+        if len(recent) > 1 and recent[-1] > recent[0]:
+            res.recent_rate = (len(recent) - 1) * SEC / (recent[-1] - recent[0])
+        res.attempts, res.connections, res.failures = self.attempts, self.ok, self.failures
+        res.first_failure = self.first_failure
+        res.final_time_wait = self.tw_total
+        res.counters[C.ACTIVE_OPENS] = self.ok
+        res.counters[C.TW] = self.n_tw
+        res.counters[C.TW_RECYCLED] = self.n_recycled
+        res.counters[C.TIME_WAIT_OVERFLOW] = self.n_overflow
+        return res
+
+
 def simulate(
     config: KernelConfig,
     workload: FlowWorkload,
@@ -201,138 +348,23 @@ def simulate(
     rounding is monotonic, so the FIFO order of expiries is kept.
     """
     w = workload
-    usable = usable_ports(config, w.bind_held_ports)
+    run = _FlowRun(config, w, time_wait_len, outcomes, timer_hz)
     n_dest = w.destinations
-    res = FlowResult(usable_ports=usable)
-
-    # tcp_twsk_unique() conditions that do not depend on the minisocket's age (ref 3):
-    # reuse 1, or 2 on loopback; tw_ts_recent_stamp != 0 needs timestamps both ways.
-    reuse = config.tcp_tw_reuse == 1 or (config.tcp_tw_reuse == 2 and w.loopback)
-    reuse = reuse and config.timestamps_enabled and w.peer_timestamps
-    delay_ms = config.tcp_tw_reuse_delay
-    max_tw = config.tcp_max_tw_buckets
-    client_first = w.client_closes_first
-    lifetime = w.lifetime
-
-    in_use = [0] * n_dest
-
-    def dies_at(armed: int) -> int:
-        deadline = armed + time_wait_len
-        return deadline if timer_hz is None else fires_at(armed, deadline, timer_hz)
-
-    # TIME_WAIT entries are mutable [expiry_ns, dest, entry_ns]; dest = -1 marks one taken over.
-    tw_dest: list[deque[list[int]]] = [deque() for _ in range(n_dest)]
-    tw_all: deque[list[int]] = deque()
-    active: deque[tuple[int, int]] = deque()  # (end_ns, dest)
-    server_tw: deque[int] = deque()  # expiry times of the server's TIME_WAITs
-    tw_total = 0
-    n_tw = n_recycled = n_overflow = 0
-    attempts = ok = failures = 0
-    first_failure: int | None = None
-
-    recent: deque[int] = deque(maxlen=usable * n_dest + 1)
-    step = w.sample_every
-    next_sample = 0
-    fails_at_last = 0
-    ok_at_last = 0
-    step_s = step / SEC
-    times, tw_series, use_series = res.times, res.time_wait, res.ports_in_use
-    est_series, stw_series = res.established, res.server_time_wait
-    fps, cps = res.failures_per_s, res.connections_per_s
-
-    def advance(t: int) -> None:
-        """Apply every TIME_WAIT expiry and connection end at or before t, in time order."""
-        nonlocal tw_total, n_tw, n_overflow
-        while True:
-            e = tw_all[0][0] if tw_all else _NEVER
-            a = active[0][0] if active else _NEVER
-            if e <= a and e <= t:
-                entry = tw_all.popleft()
-                d = entry[1]
-                if d >= 0:  # tw_timer_handler() -> inet_twsk_kill(): the port is free again
-                    tw_dest[d].popleft()
-                    in_use[d] -= 1
-                    tw_total -= 1
-            elif a <= t:
-                end, d = active.popleft()
-                if not client_first:
-                    in_use[d] -= 1  # passive closer: LAST_ACK -> CLOSED, no TIME_WAIT (ref 1.1)
-                    server_tw.append(dies_at(end))
-                elif tw_total >= max_tw:  # tw_overflow(): inet_twsk_alloc() returned NULL
-                    n_overflow += 1
-                    in_use[d] -= 1
-                else:  # tcp_time_wait(): the four-tuple stays held for TCP_TIMEWAIT_LEN
-                    entry = [dies_at(end), d, end]
-                    tw_all.append(entry)
-                    tw_dest[d].append(entry)
-                    tw_total += 1
-                    n_tw += 1
-            else:
-                return
-
-    def sample_until(t: int) -> None:
-        nonlocal next_sample, fails_at_last, ok_at_last
-        while next_sample <= t:
-            advance(next_sample)
-            while server_tw and server_tw[0] <= next_sample:
-                server_tw.popleft()
-            times.append(next_sample / SEC)
-            tw_series.append(tw_total)
-            use_series.append(sum(in_use))
-            est_series.append(len(active))
-            stw_series.append(len(server_tw))
-            fps.append((failures - fails_at_last) / step_s if next_sample else 0.0)
-            cps.append((ok - ok_at_last) / step_s if next_sample else 0.0)
-            fails_at_last, ok_at_last = failures, ok
-            next_sample += step
-
-    def connect(t: int, d: int) -> None:
-        nonlocal attempts, ok, failures, first_failure, tw_total, n_recycled
-        attempts += 1
-        if in_use[d] < usable:
-            in_use[d] += 1
-        elif reuse and tw_dest[d] and t // MS > tw_dest[d][0][2] // MS + delay_ms:
-            # __inet_check_established() -> tcp_twsk_unique(): now_ms > entry_stamp + delay
-            # (strict, ms); the minisocket is killed and its port goes to the new connection.
-            entry = tw_dest[d].popleft()
-            entry[1] = -1
-            tw_total -= 1
-            n_recycled += 1
-        else:  # __inet_hash_connect(): both parity passes found nothing -> EADDRNOTAVAIL
-            failures += 1
-            if first_failure is None:
-                first_failure = t
-            if outcomes is not None:
-                outcomes.append((t, False))
-            return
-        ok += 1
-        if outcomes is not None:
-            outcomes.append((t, True))
-        recent.append(t)
-        active.append((t + lifetime, d))
-
-    duration = w.duration
     for i in range(w.open_at_start):
-        connect(0, i % n_dest)
+        run.connect(0, i % n_dest)
     next_arrival = arrival_times(w, rng)
     i = w.open_at_start
     t = next_arrival()
+    duration = w.duration
+    sample_until, advance, connect = run.sample_until, run.advance, run.connect
     # The hot loop: one iteration per connect() attempt (bench/bench_sim_flow.py measures it).
     while t < duration:
-        if next_sample <= t:
+        if run.next_sample <= t:
             sample_until(t)
         advance(t)
         connect(t, i % n_dest)
         i += 1
         t = next_arrival()
     sample_until(duration)
-
-    if len(recent) > 1 and recent[-1] > recent[0]:
-        res.recent_rate = (len(recent) - 1) * SEC / (recent[-1] - recent[0])
-    res.attempts, res.connections, res.failures = attempts, ok, failures
-    res.first_failure = first_failure
-    res.counters[C.ACTIVE_OPENS] = ok
-    res.counters[C.TW] = n_tw
-    res.counters[C.TW_RECYCLED] = n_recycled
-    res.counters[C.TIME_WAIT_OVERFLOW] = n_overflow
-    return res
+    advance(duration)  # the run ends at `duration` with everything due by then applied
+    return run.result()

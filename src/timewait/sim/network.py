@@ -26,15 +26,14 @@ from __future__ import annotations
 
 import functools
 import random
-from collections.abc import Iterable
 from typing import Protocol
 
 from timewait.errors import TimewaitError
-from timewait.model.host import Host, is_loopback
-from timewait.model.segment import FourTuple, Segment
-from timewait.render.ladder import Rung
+from timewait.model.host import Host
+from timewait.model.segment import FourTuple, Segment, is_loopback
 from timewait.sim.engine import Engine
 from timewait.sim.link import Captured, DropPredicate, Link, LinkParams
+from timewait.sim.trace import Rung
 from timewait.units import MS
 
 
@@ -240,7 +239,8 @@ class Network:
         """Ladder rungs of connection `ft` (as `left` sees it) between `start` and `end`.
 
         Segments come from the capture (lost ones marked, link duplicates noted with their
-        arrival time); state changes come from the hosts' `state_log` (hosts need trace=True).
+        arrival time); state changes are the hosts' StateChange records (`state_log`; hosts
+        need trace=True).
         """
         rev = ft.reversed()
         out: list[Rung] = []
@@ -261,17 +261,8 @@ class Network:
                 )
             )
         for host, is_left, mine in ((left, True, ft), (right, False, rev)):
-            for when, t, old, new in host.state_log or ():
-                if t == mine and when >= start and (end is None or when <= end):
-                    out.append(Rung(time=when, left=is_left, state=f"{old} -> {new}"))
+            for ch in host.state_log or ():
+                if ch.tuple == mine and ch.time >= start and (end is None or ch.time <= end):
+                    out.append(Rung(time=ch.time, left=is_left, state=str(ch)))
         out.sort(key=lambda r: (r.time, r.state is None))
         return out
-
-
-def loss_of(records: Iterable[Captured]) -> tuple[int, int]:
-    """(transmissions, lost) over some captured records."""
-    n = lost = 0
-    for r in records:
-        n += 1
-        lost += r.lost
-    return n, lost

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from timewait.errors import TimewaitError
-from timewait.render.ladder import Rung
+from timewait.sim.trace import Rung
 
 ParamValue = int | float | bool | str
 
@@ -139,7 +139,7 @@ CATALOG: dict[str, Scenario] = {}
 def register(scenario: Scenario) -> Scenario:
     """Add a scenario to the catalog; names are unique."""
     if scenario.name in CATALOG:
-        raise ValueError(f"scenario {scenario.name!r} registered twice")
+        raise ScenarioError(f"scenario {scenario.name!r} registered twice: rename one of them")
     CATALOG[scenario.name] = scenario
     return scenario
 

@@ -19,16 +19,19 @@ the run.
   the pool of one.
 * `restart_bind()`: the bind() of a restarted server (EADDRINUSE or "ok").
 * `Sampler`: fixed-interval time series (TIME_WAIT count, ports in use, failures per second, ...).
+* `FinalAckLoss`: a drop predicate for the network that loses the active closer's final ACK.
 """
 
 from __future__ import annotations
 
 import errno as _errno
+import random
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from timewait.errors import SocketError
+from timewait.model.connection import Connection
 from timewait.model.events import (
     Connected,
     ConnectionRefused,
@@ -38,9 +41,10 @@ from timewait.model.events import (
     PeerClosed,
 )
 from timewait.model.host import Host, SockOpt
-from timewait.model.segment import FourTuple
+from timewait.model.segment import Flags, FourTuple, Segment
 from timewait.model.states import TcpState
 from timewait.sim.engine import LATE, Engine
+from timewait.sim.flow import InvalidWorkload
 from timewait.sim.network import Network
 from timewait.units import SEC
 
@@ -69,14 +73,6 @@ class Stats:
     @property
     def failed(self) -> int:
         return sum(self.failures.values())
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "attempts": self.attempts,
-            "connected": self.connected,
-            "successes": self.successes,
-            "failures": dict(sorted(self.failures.items())),
-        }
 
 
 def socket_tuple(host: Host, fd: int) -> FourTuple | None:
@@ -257,11 +253,11 @@ class RequestClient:
         close_delay: int = 0,
     ) -> None:
         if bind not in ("none", "bind", "bind-no-port"):
-            raise ValueError(f"bind={bind!r}: choose none, bind or bind-no-port")
+            raise InvalidWorkload(f"bind={bind!r}: choose none, bind or bind-no-port")
         if not dests:
-            raise ValueError("RequestClient needs at least one destination")
+            raise InvalidWorkload("RequestClient needs at least one destination: pass dests=")
         if sources is not None and not sources and bind != "none":
-            raise ValueError("bind-before-connect needs a source address")
+            raise InvalidWorkload("bind-before-connect needs a source address: pass sources=")
         self.net = net
         self.host = host
         self.dests = list(dests)
@@ -417,10 +413,6 @@ class SerialClient:
         net.attach(host, self)
         net.engine.at(net.now, self._open)
 
-    @property
-    def finished(self) -> bool:
-        return len(self.streams) >= self.count and self._c is None
-
     def _open(self) -> None:
         host = self.host
         now = self.net.now
@@ -495,7 +487,7 @@ class PoolClient:
         request: bytes = b"GET",
     ) -> None:
         if k < 1:
-            raise ValueError(f"pool size k={k}: need at least 1")
+            raise InvalidWorkload(f"pool size k={k}: need at least 1")
         self.net = net
         self.host = host
         self.dest = dest
@@ -659,7 +651,7 @@ class Sampler:
         start: int = 0,
     ) -> None:
         if every <= 0:
-            raise ValueError(f"sampling interval {every} ns: must be > 0")
+            raise InvalidWorkload(f"sampling interval {every} ns: must be > 0")
         self.engine = engine
         self.every = every
         self.until = until
@@ -685,3 +677,32 @@ class Sampler:
     def series(self) -> dict[str, tuple[list[float], list[float]]]:
         """{metric: (times in s, values)} -- ScenarioResult.series for one variant."""
         return {k: (list(self.times), list(v)) for k, v in self.values.items()}
+
+
+class FinalAckLoss:
+    """Drop predicate: the client's ACK of the server's FIN (server in LAST_ACK, RFC 9293 Fig. 5)
+    is lost with probability p -- only the first one of each connection, so a re-ACK from
+    TIME_WAIT gets through and the two variants differ only in what answers the retransmitted FIN.
+    """
+
+    def __init__(self, server: Host, p: float, rng: random.Random) -> None:
+        self.server = server
+        self.p = p
+        self.rng = rng
+        self.seen: set[FourTuple] = set()
+        self.lost: list[tuple[int, FourTuple]] = []  # (time, client-side four-tuple)
+
+    def __call__(self, seg: Segment, now: int) -> bool:
+        if seg.flags != Flags.ACK or seg.payload:
+            return False
+        ft = seg.receiver_tuple
+        conn = self.server.ehash.get(ft)
+        if not isinstance(conn, Connection) or conn.state is not TcpState.LAST_ACK:
+            return False
+        if ft in self.seen:
+            return False
+        self.seen.add(ft)
+        if self.p and self.rng.random() < self.p:
+            self.lost.append((now, seg.sender_tuple))
+            return True
+        return False

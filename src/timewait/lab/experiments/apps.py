@@ -46,6 +46,7 @@ from timewait.lab.namespaces import LabChildFailed, NetnsProcess, run_in_netns, 
 from timewait.live.capture import capture
 from timewait.sim.flow import FlowWorkload, simulate
 from timewait.sim.scenario import Param, ParamValue, Series
+from timewait.sim.scenario import get as get_scenario
 from timewait.sim.scenarios.flow import parse_range
 from timewait.units import SEC, from_seconds
 
@@ -153,6 +154,36 @@ def http_clients(kind: str, url: str, rate: float, duration: float) -> dict[str,
 CLIENTS = ("requests.get", "requests.Session", "urllib3.PoolManager")
 
 
+def _pooling_model(p: dict[str, ParamValue], lo: int, hi: int) -> tuple[dict[str, Any], Any]:
+    """The model side: the sim's `pooling` scenario on loopback with the kernel's CONFIG_HZ.
+    requests.get is its connection per request (2 ms each); a Session or a PoolManager is its
+    keep-alive pool of one, closed by the client as the run ends."""
+    ms = get_scenario("pooling").run(
+        {
+            "rate": p["rate"], "duration_s": p["duration_s"], "pool_size": 1,
+            "pool_max_lifetime_s": 0, "port_range": f"{lo}-{hi}", "tw_reuse": p["tw_reuse"],
+            "loopback": True, "timer_hz": kernel_hz(), "pool_closes_at_end": True,
+            "lifetime_ms": 2.0,
+        },
+        seed=1,
+    )  # fmt: skip
+    model: dict[str, dict[str, Any]] = {}
+    series = {}
+    for kind in CLIENTS:
+        name = "connection per request" if kind == "requests.get" else "keep-alive pool of 1"
+        v = ms.variants[name]
+        model[kind] = {
+            "requests": v["connections"] if kind == "requests.get" else v["requests"],
+            "connections": v["connections"],
+            "failures": v["failures"],
+            "eaddrnotavail": v["failures"],
+            "first_failure_s": v["first_failure_s"],
+            "client_time_wait": v["final_time_wait"],
+        }
+        series[f"model: {kind}"] = {"time_wait": ms.series[name]["time_wait"]}
+    return model, series
+
+
 def run_http_pooling(p: dict[str, ParamValue], progress: Progress) -> LabResult:
     rate = float(p["rate"])
     duration = float(p["duration_s"])
@@ -182,37 +213,8 @@ def run_http_pooling(p: dict[str, ParamValue], progress: Progress) -> LabResult:
                 "first_failure_s": got["first_failure_s"],
                 "client_time_wait": int(sampler.values["k"]["tw"][-1]),
             }
-    cfg = KernelConfig(ip_local_port_range=(lo, hi), tcp_tw_reuse=reuse)
-    model: dict[str, dict[str, Any]] = {}
-    for kind in CLIENTS:
-        if kind == "requests.get":
-            wl = FlowWorkload(
-                rate=rate,
-                duration=from_seconds(duration),
-                lifetime=from_seconds(0.002),
-                loopback=True,
-                sample_every=SEC // 2,
-            )
-        else:  # one kept-alive connection, opened at the start, closed by the client at the end
-            wl = FlowWorkload(
-                rate=0.0,
-                duration=from_seconds(duration),
-                open_at_start=1,
-                lifetime=from_seconds(duration),
-                loopback=True,
-                sample_every=SEC // 2,
-            )
-        m = simulate(cfg, wl, rng=random.Random(1), timer_hz=kernel_hz())
-        n_requests = round(rate * duration)
-        model[kind] = {
-            "requests": m.connections if kind == "requests.get" else n_requests,
-            "connections": m.connections,
-            "failures": m.failures,
-            "eaddrnotavail": m.failures,
-            "first_failure_s": None if m.first_failure is None else round(m.first_failure / SEC, 3),
-            "client_time_wait": m.time_wait[-1],
-        }
-        series[f"model: {kind}"] = {"time_wait": m.series()["time_wait"]}
+    model, model_series = _pooling_model(p, lo, hi)
+    series.update(model_series)
     rows = cmp.compare(
         kernel,
         model,

@@ -32,8 +32,9 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from timewait.config import TCP_TIMEWAIT_LEN, KernelConfig, parse_port_list
+from timewait.config import KernelConfig, parse_port_list
 from timewait.errors import ConfigError
+from timewait.model.states import TCP_TIMEWAIT_LEN
 from timewait.sim.flow import FlowResult, FlowWorkload, simulate, usable_ports
 from timewait.sim.scenario import (
     Param,
@@ -80,6 +81,15 @@ P_ARRIVALS = Param(
 P_TIMESTAMPS = Param(
     name="timestamps", default=True, help="net.ipv4.tcp_timestamps on, and the peer answers"
 )
+P_LOOPBACK = Param(name="loopback", default=False, help="the destination is a loopback address")
+
+
+def _p_tw_reuse(note: str) -> Param:
+    return Param(
+        name="tw_reuse", default=0, min=0, max=2, help=f"net.ipv4.tcp_tw_reuse (2 = {note})"
+    )
+
+
 P_MAX_TW = Param(
     name="max_tw_buckets",
     default=131072,
@@ -230,13 +240,7 @@ register(
             _duration(180.0),
             _p_range(),
             P_RESERVED,
-            Param(
-                name="tw_reuse",
-                default=0,
-                min=0,
-                max=2,
-                help="net.ipv4.tcp_tw_reuse (2 = loopback only; the destination is not loopback)",
-            ),
+            _p_tw_reuse("loopback only; the destination is not loopback"),
             P_TIMESTAMPS,
             P_MAX_TW,
             P_LIFETIME,
@@ -315,7 +319,7 @@ register(
                 max=60000,
                 help="net.ipv4.tcp_tw_reuse_delay (ms, Linux 6.14+)",
             ),
-            Param(name="loopback", default=False, help="the destination is a loopback address"),
+            P_LOOPBACK,
             P_LIFETIME,
             P_ARRIVALS,
         ),
@@ -400,7 +404,7 @@ register(
 
 
 def run_pooling(p: dict[str, ParamValue], seed: int) -> ScenarioResult:
-    cfg = kernel(p, tcp_tw_reuse=0)
+    cfg = kernel(p, tcp_tw_reuse=int(p["tw_reuse"]))
     rate = float(p["rate"])
     k = int(p["pool_size"])
     life = float(p["pool_max_lifetime_s"])
@@ -408,11 +412,16 @@ def run_pooling(p: dict[str, ParamValue], seed: int) -> ScenarioResult:
     duration_s = float(p["duration_s"])
     duration = from_seconds(duration_s)
     lifetime = from_seconds(float(p["lifetime_ms"]) / 1000)
+    loopback = bool(p["loopback"])
+    timer_hz = int(p["timer_hz"]) or None
+    # The pool stays open past the run, or the client closes it as the run ends (its k
+    # connections then sit in TIME_WAIT at the end, as after a process that closes its pool).
+    pool_life = duration if p["pool_closes_at_end"] else duration + SEC
     cases: list[tuple[str, FlowWorkload]] = [
-        ("connection per request", workload(p, rate=rate)),
+        ("connection per request", workload(p, rate=rate, loopback=loopback)),
         (
             f"keep-alive pool of {k}",
-            workload(p, rate=0.0, open_at_start=k, lifetime=duration + SEC),
+            workload(p, rate=0.0, open_at_start=k, lifetime=pool_life, loopback=loopback),
         ),
     ]
     if life > 0:
@@ -420,7 +429,9 @@ def run_pooling(p: dict[str, ParamValue], seed: int) -> ScenarioResult:
         cases.append(
             (
                 f"pool of {k}, recycled every {life:g} s",
-                workload(p, rate=k / life, lifetime=from_seconds(life) + lifetime),
+                workload(
+                    p, rate=k / life, lifetime=from_seconds(life) + lifetime, loopback=loopback
+                ),
             )
         )
     requests = round(rate * duration_s)
@@ -428,7 +439,7 @@ def run_pooling(p: dict[str, ParamValue], seed: int) -> ScenarioResult:
     variants: dict[str, dict[str, Any]] = {}
     series = {}
     for name, wl in cases:
-        res = simulate(cfg, wl, rng=random.Random(seed))
+        res = simulate(cfg, wl, rng=random.Random(seed), timer_hz=timer_hz)
         st = _steady(res, duration_s)
         variants[name] = {
             "requests": requests,
@@ -440,6 +451,7 @@ def run_pooling(p: dict[str, ParamValue], seed: int) -> ScenarioResult:
             else None,
             "steady_time_wait": st["steady_time_wait"],
             "peak_time_wait": st["peak_time_wait"],
+            "final_time_wait": res.final_time_wait,
         }
         series[name] = res.series()
     per_req = variants["connection per request"]
@@ -486,6 +498,22 @@ register(
                 help="time a request occupies a pooled connection (pool capacity check)",
             ),
             _p_range(),
+            _p_tw_reuse("loopback only, see loopback"),
+            P_LOOPBACK,
+            Param(
+                name="timer_hz",
+                default=0,
+                min=0,
+                max=1000,
+                help="CONFIG_HZ: round each TIME_WAIT's end up to the kernel timer wheel's "
+                "bucket (0 = exactly 60 s)",
+            ),
+            Param(
+                name="pool_closes_at_end",
+                default=False,
+                help="the client closes the pool as the run ends (its connections then end "
+                "in TIME_WAIT)",
+            ),
             P_LIFETIME,
             P_ARRIVALS,
         ),

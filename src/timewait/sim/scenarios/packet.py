@@ -17,14 +17,22 @@ from typing import Any
 
 from timewait.config import LINUX, KernelConfig, Profile
 from timewait.model import counters as C
-from timewait.model.connection import Connection
-from timewait.model.host import FD_OBJECT_BYTES, FULL_SOCK_BYTES, TW_SOCK_BYTES, Host
-from timewait.model.segment import Flags, FourTuple, Segment
+from timewait.model.host import Host
+from timewait.model.segment import FourTuple, Segment
 from timewait.model.states import TcpState
 from timewait.sim.link import LinkParams
 from timewait.sim.network import Network
-from timewait.sim.scenario import Param, ParamValue, Scenario, ScenarioResult, Series, register
+from timewait.sim.scenario import (
+    Param,
+    ParamValue,
+    Scenario,
+    ScenarioError,
+    ScenarioResult,
+    Series,
+    register,
+)
 from timewait.sim.workloads import (
+    FinalAckLoss,
     RequestClient,
     SerialClient,
     Server,
@@ -80,35 +88,6 @@ def _bench(
     return Bench(net, client, server, random.Random(root.getrandbits(64)))
 
 
-class FinalAckLoss:
-    """Drop predicate: the client's ACK of the server's FIN (server in LAST_ACK, RFC 9293 Fig. 5)
-    is lost with probability p -- only the first one of each connection, so a re-ACK from
-    TIME_WAIT gets through and the two variants differ only in what answers the retransmitted FIN.
-    """
-
-    def __init__(self, server: Host, p: float, rng: random.Random) -> None:
-        self.server = server
-        self.p = p
-        self.rng = rng
-        self.seen: set[FourTuple] = set()
-        self.lost: list[tuple[int, FourTuple]] = []  # (time, client-side four-tuple)
-
-    def __call__(self, seg: Segment, now: int) -> bool:
-        if seg.flags != Flags.ACK or seg.payload:
-            return False
-        ft = seg.receiver_tuple
-        conn = self.server.ehash.get(ft)
-        if not isinstance(conn, Connection) or conn.state is not TcpState.LAST_ACK:
-            return False
-        if ft in self.seen:
-            return False
-        self.seen.add(ft)
-        if self.p and self.rng.random() < self.p:
-            self.lost.append((now, seg.sender_tuple))
-            return True
-        return False
-
-
 def _segments(net: Network, pred: Callable[[Segment], bool], *, delivered: bool = True) -> int:
     assert net.capture is not None
     return sum(
@@ -122,7 +101,7 @@ def _series_from(sampler_series: dict[str, tuple[list[float], list[float]]]) -> 
 
 def _closed_by(host: Host, old: TcpState) -> int:
     """State-log transitions old -> CLOSED on `host` (host built with trace=True)."""
-    return sum(1 for _, _, a, b in host.state_log or () if a is old and b is TcpState.CLOSED)
+    return sum(1 for c in host.state_log or () if c.old is old and c.new is TcpState.CLOSED)
 
 
 # -- lost-final-ack ---------------------------------------------------------------------------
@@ -463,43 +442,62 @@ def _durations(host: Host, state: TcpState) -> list[int]:
     """How long each four-tuple stayed in `state` (state log of a traced host)."""
     start: dict[FourTuple, int] = {}
     out: list[int] = []
-    for when, ft, old, new in host.state_log or ():
-        if new is state:
-            start[ft] = when
-        elif old is state and ft in start:
-            out.append(when - start.pop(ft))
+    for c in host.state_log or ():
+        if c.new is state:
+            start[c.tuple] = c.time
+        elif c.old is state and c.tuple in start:
+            out.append(c.time - start.pop(c.tuple))
     return out
+
+
+def fin_timeouts(text: str) -> list[int]:
+    """'30,60' -> [30, 60]: tcp_fin_timeout values in seconds, each 1..120."""
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ScenarioError(f"fin_timeouts={text!r}: expected seconds like 30,60") from None
+    if not values or any(not 1 <= v <= 120 for v in values):
+        raise ScenarioError(f"fin_timeouts={text!r}: give values between 1 and 120 s, e.g. 30,60")
+    return values
+
+
+def _fin_timeout_variant(fin_timeout: int, n: int, seed: int) -> dict[str, Any]:
+    """n connections to a peer that closes at once and n to one that never closes, the client
+    closing first; how long the client's TIME_WAITs and orphaned FIN_WAIT2s last."""
+    cfg = KernelConfig(tcp_fin_timeout=fin_timeout)
+    b = _bench(seed, client_config=cfg, trace=True)
+    Server(b.net, b.server, port=PORT)  # closes when the client's FIN arrives
+    Server(b.net, b.server, port=SLOW_PORT, close_delay=None)  # never closes
+    client = RequestClient(
+        b.net, b.client, dests=[(SERVER_IP, PORT), (SERVER_IP, SLOW_PORT)],
+        interval=100 * MS, count=2 * n,
+    )  # fmt: skip
+    b.net.run(2 * n * 100 * MS + 130 * SEC)  # > 60 s TIME_WAIT, > 2 x (120 s - 60 s) FIN_WAIT2
+    tw = _durations(b.client, TcpState.TIME_WAIT)
+    fw2 = _durations(b.client, TcpState.FIN_WAIT_2)
+    slow = [d for d in fw2 if d > 1 * SEC]  # orphans waiting on the peer that never closes
+    return {
+        "time_waits": len(tw),
+        "time_wait_s": round(max(tw) / SEC, 3) if tw else None,
+        "orphaned_fin_wait2": len(slow),
+        "fin_wait2_s": round(max(slow) / SEC, 3) if slow else None,
+        "failures": client.stats.failed,
+    }
 
 
 def run_fin_timeout_myth(p: dict[str, ParamValue], seed: int) -> ScenarioResult:
     n = int(p["connections"])
-    variants: dict[str, dict[str, Any]] = {}
-    for fin_timeout in (30, 60):
-        cfg = KernelConfig(tcp_fin_timeout=fin_timeout)
-        b = _bench(seed, client_config=cfg, trace=True)
-        Server(b.net, b.server, port=PORT)  # closes when the client's FIN arrives
-        Server(b.net, b.server, port=SLOW_PORT, close_delay=None)  # never closes
-        client = RequestClient(
-            b.net, b.client, dests=[(SERVER_IP, PORT), (SERVER_IP, SLOW_PORT)],
-            interval=100 * MS, count=2 * n,
-        )  # fmt: skip
-        b.net.run(2 * n * 100 * MS + 130 * SEC)
-        tw = _durations(b.client, TcpState.TIME_WAIT)
-        fw2 = _durations(b.client, TcpState.FIN_WAIT_2)
-        slow = [d for d in fw2 if d > 1 * SEC]  # orphans waiting on the peer that never closes
-        variants[f"tcp_fin_timeout={fin_timeout}"] = {
-            "time_waits": len(tw),
-            "time_wait_s": round(max(tw) / SEC, 3) if tw else None,
-            "orphaned_fin_wait2": len(slow),
-            "fin_wait2_s": round(max(slow) / SEC, 3) if slow else None,
-            "failures": client.stats.failed,
-        }
-    a, b60 = variants["tcp_fin_timeout=30"], variants["tcp_fin_timeout=60"]
+    values = fin_timeouts(str(p["fin_timeouts"]))
+    variants = {f"tcp_fin_timeout={v}": _fin_timeout_variant(v, n, seed) for v in values}
+    got = list(variants.values())
+
+    def each(key: str, unit: str = "") -> str:
+        return " vs ".join(f"{v[key]}{unit}" for v in got)
+
     verdict = (
-        f"tcp_fin_timeout 30 vs 60: TIME_WAIT {a['time_waits']} vs {b60['time_waits']} sockets, "
-        f"{a['time_wait_s']} s vs {b60['time_wait_s']} s each (unchanged); only the orphaned "
-        f"FIN_WAIT2 of a peer that never closes changes: {a['fin_wait2_s']} s vs "
-        f"{b60['fin_wait2_s']} s"
+        f"tcp_fin_timeout {' vs '.join(map(str, values))}: TIME_WAIT {each('time_waits')} "
+        f"sockets, {each('time_wait_s', ' s')} each (unchanged); only the orphaned FIN_WAIT2 of "
+        f"a peer that never closes changes: {each('fin_wait2_s', ' s')}"
     )
     return ScenarioResult(
         scenario="fin-timeout-myth", params=dict(p), variants=variants, verdict=verdict
@@ -517,6 +515,11 @@ register(
                 help="connections to each peer (prompt and never-closing)",
                 min=1,
                 max=5000,
+            ),
+            Param(
+                name="fin_timeouts",
+                default="30,60",
+                help="net.ipv4.tcp_fin_timeout values to compare (s, comma list, each 1..120)",
             ),
         ),
         run_fn=run_fin_timeout_myth,
@@ -828,13 +831,6 @@ def run_memory(p: dict[str, ParamValue], seed: int) -> ScenarioResult:
     )
     return ScenarioResult(scenario="memory", params=dict(p), variants=variants, verdict=verdict)
 
-
-# Per-socket costs (model/host.py, from slab sizes, ref 9.1), for the comment and the test:
-# TIME_WAIT: TW_SOCK_BYTES; open connection: FULL_SOCK_BYTES + FD_OBJECT_BYTES.
-MEMORY_PER_SOCKET = {
-    "time-wait": TW_SOCK_BYTES,
-    "established": FULL_SOCK_BYTES + FD_OBJECT_BYTES,
-}
 
 register(
     Scenario(
