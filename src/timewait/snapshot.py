@@ -43,6 +43,8 @@ import numpy as np
 
 from timewait.config import KernelConfig
 from timewait.errors import TimewaitError
+from timewait.model.states import STATE_NAMES as STATE_NAMES  # re-exported
+from timewait.model.states import LinuxState
 
 FORMAT: Final = "timewait-snapshot"
 # 2 added counters_before / counters_window_ns, 3 tables and labels; 1 and 2 are still read.
@@ -52,36 +54,21 @@ READABLE_VERSIONS: Final = (1, 2, 3)
 AF_INET: Final = 2
 AF_INET6: Final = 10
 
-# include/net/tcp_states.h
-TCP_ESTABLISHED: Final = 1
-TCP_SYN_SENT: Final = 2
-TCP_SYN_RECV: Final = 3
-TCP_FIN_WAIT1: Final = 4
-TCP_FIN_WAIT2: Final = 5
-TCP_TIME_WAIT: Final = 6
-TCP_CLOSE: Final = 7
-TCP_CLOSE_WAIT: Final = 8
-TCP_LAST_ACK: Final = 9
-TCP_LISTEN: Final = 10
-TCP_CLOSING: Final = 11
-TCP_NEW_SYN_RECV: Final = 12
-TCP_BOUND_INACTIVE: Final = 13
-
-STATE_NAMES: Final[Mapping[int, str]] = {
-    TCP_ESTABLISHED: "ESTABLISHED",
-    TCP_SYN_SENT: "SYN-SENT",
-    TCP_SYN_RECV: "SYN-RECV",
-    TCP_FIN_WAIT1: "FIN-WAIT-1",
-    TCP_FIN_WAIT2: "FIN-WAIT-2",
-    TCP_TIME_WAIT: "TIME-WAIT",
-    TCP_CLOSE: "CLOSE",
-    TCP_CLOSE_WAIT: "CLOSE-WAIT",
-    TCP_LAST_ACK: "LAST-ACK",
-    TCP_LISTEN: "LISTEN",
-    TCP_CLOSING: "CLOSING",
-    TCP_NEW_SYN_RECV: "SYN-RECV",
-    TCP_BOUND_INACTIVE: "BOUND-INACTIVE",
-}
+# The kernel's state numbers as plain ints for numpy columns; the names, their text and their
+# source live in timewait.model.states (one state vocabulary, issue 11).
+TCP_ESTABLISHED: Final = int(LinuxState.ESTABLISHED)
+TCP_SYN_SENT: Final = int(LinuxState.SYN_SENT)
+TCP_SYN_RECV: Final = int(LinuxState.SYN_RECV)
+TCP_FIN_WAIT1: Final = int(LinuxState.FIN_WAIT1)
+TCP_FIN_WAIT2: Final = int(LinuxState.FIN_WAIT2)
+TCP_TIME_WAIT: Final = int(LinuxState.TIME_WAIT)
+TCP_CLOSE: Final = int(LinuxState.CLOSE)
+TCP_CLOSE_WAIT: Final = int(LinuxState.CLOSE_WAIT)
+TCP_LAST_ACK: Final = int(LinuxState.LAST_ACK)
+TCP_LISTEN: Final = int(LinuxState.LISTEN)
+TCP_CLOSING: Final = int(LinuxState.CLOSING)
+TCP_NEW_SYN_RECV: Final = int(LinuxState.NEW_SYN_RECV)
+TCP_BOUND_INACTIVE: Final = int(LinuxState.BOUND_INACTIVE)
 
 SOCKET_DTYPE: Final = np.dtype(
     [

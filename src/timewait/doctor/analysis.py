@@ -57,6 +57,7 @@ import numpy as np
 
 from timewait.doctor import pools as P
 from timewait.doctor.pools import TIME_WAIT_MS
+from timewait.model.states import FD_OBJECT_BYTES, FULL_SOCK_BYTES, TW_SOCK_BYTES
 from timewait.snapshot import (
     STATE_NAMES,
     TCP_BOUND_INACTIVE,
@@ -75,10 +76,6 @@ HIST_BUCKET_MS: Final = 10_000
 HIST_BUCKETS: Final = 6
 # Window for the one-snapshot trend estimate (young vs about-to-expire TIME_WAITs).
 TREND_WINDOW_MS: Final = 10_000
-# ref 9.1, slab sizes measured on 6.18 (same numbers as timewait.model.host).
-TW_SOCK_BYTES: Final = 256  # tw_sock_TCPv6 (tw_sock_TCP is 248)
-FULL_SOCK_BYTES: Final = 2432  # TCP slab slot, IPv4
-FD_OBJECT_BYTES: Final = 1216  # sock_inode_cache 832 + filp 192 + dentry 192
 
 # Per-destination state columns kept (the rest go to "other").
 DEST_STATES: Final = ("time_wait", "established", "fin_wait2", "syn_sent", "other")

@@ -68,7 +68,8 @@ from typing import Final
 
 import numpy as np
 
-from timewait.config import TCP_TIMEWAIT_LEN, KernelConfig
+from timewait.config import KernelConfig
+from timewait.model.states import TCP_TIMEWAIT_LEN
 from timewait.snapshot import (
     TCP_BOUND_INACTIVE,
     TCP_CLOSE,

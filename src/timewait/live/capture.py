@@ -47,10 +47,11 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
-from timewait.config import TCP_TIMEWAIT_LEN, KernelConfig
+from timewait.config import KernelConfig
 from timewait.errors import TimewaitError
 from timewait.live import netlink, procnet, sysctl
 from timewait.live import netns as _netns
+from timewait.model.states import TCP_TIMEWAIT_LEN, LinuxState
 from timewait.units import MS
 
 if TYPE_CHECKING:
@@ -65,7 +66,6 @@ RATE_MIN_WINDOW_S: Final = 0.1
 RATE_RECENT_MS: Final = 10_000  # a TIME_WAIT this young means churn is going on
 RATE_POLL_S: Final = 0.02
 TIME_WAIT_MS: Final = TCP_TIMEWAIT_LEN // MS
-TCP_TIME_WAIT: Final = 6  # include/net/tcp_states.h (snapshot.py holds the table)
 
 NOTE_UNPRIVILEGED: Final = (
     "not running as root: this namespace is fully visible; other namespaces (--netns/--pid) "
@@ -237,7 +237,7 @@ def capture(
 
 
 def _recent_churn(sockets: np.ndarray) -> bool:
-    young = (sockets["state"] == TCP_TIME_WAIT) & (
+    young = (sockets["state"] == LinuxState.TIME_WAIT) & (
         sockets["expires_ms"] > TIME_WAIT_MS - RATE_RECENT_MS
     )
     return bool(young.any())
