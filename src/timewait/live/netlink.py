@@ -188,6 +188,11 @@ class _Helper:
     over three rounds of scrapes that way (tests/exporter/test_robustness.py)."""
 
     def __init__(self) -> None:
+        self._reset()
+        # A forked child has the object but not the thread (the lab forks into namespaces).
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
         self._lock = threading.Lock()
         self._jobs: queue.SimpleQueue[tuple[Callable[[], None], threading.Event]] = (
             queue.SimpleQueue()
