@@ -270,3 +270,29 @@ def test_toml_bad_syntax_reports_tomllib_line(tmp_path: Path) -> None:
     path.write_text('scenario = "pooling"\n[params\n')
     status, _, err = tw("sim", "run", str(path))
     assert status == ExitStatus.ERROR and "invalid TOML" in err and "line 2" in err
+
+
+def test_tables_off_a_terminal_are_never_cut_and_have_no_trailing_blanks() -> None:
+    """issue 17: `sim run reuseaddr | cat` cut its columns at 100 characters."""
+    import io
+
+    from timewait.sim.command import render_table
+    from timewait.sim.scenario import get
+
+    out = io.StringIO()
+    render_table(get("reuseaddr").run({"client_ports": 5}, seed=1), out, width=100)
+    text = out.getvalue()
+    assert "old=off,new=off" in text and "client reuseaddr=off" in text and "…" not in text
+    assert all(line == line.rstrip() for line in text.splitlines())
+
+
+def test_rate_zero_and_a_one_port_range_say_something_that_makes_sense() -> None:
+    """issue 17: rate=0 gave "at 0/s ... nothing fails"; a one-port range said "0/s"."""
+    import pytest
+
+    from timewait.sim.scenario import ScenarioError, get
+
+    with pytest.raises(ScenarioError, match="rate=0.0: must be >= 0.001"):
+        get("port-exhaustion").run({"rate": "0"}, seed=1)
+    v = get("port-exhaustion").run({"port_range": "5000-5000", "duration_s": "5"}, seed=1).verdict
+    assert "0.0167/s" in v and "after 1 ms" in v and " 0/s" not in v

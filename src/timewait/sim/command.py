@@ -48,7 +48,6 @@ def render_table(result: ScenarioResult, out: TextIO, *, width: int | None = Non
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(file=out, width=width, highlight=False, soft_wrap=False)
     table = Table(title=f"{result.scenario}", title_justify="left")
     table.add_column("result", style="bold")
     keys: dict[str, None] = {}
@@ -59,7 +58,14 @@ def render_table(result: ScenarioResult, out: TextIO, *, width: int | None = Non
         table.add_column(variant, justify="right")
     for k in keys:
         table.add_row(k, *(format_value(v.get(k)) for v in result.variants.values()))
-    console.print(table)
+    if width is None:  # a terminal: rich fits the table to it
+        Console(file=out, highlight=False, soft_wrap=False).print(table)
+    else:  # a pipe or a file: as wide as the table needs, never cut, no trailing blanks
+        need = Console(width=1000).measure(table).maximum
+        console = Console(file=out, width=max(width, need), highlight=False, soft_wrap=False)
+        with console.capture() as cap:
+            console.print(table)
+        out.write("".join(line.rstrip() + "\n" for line in cap.get().splitlines()))
     # Plain writes: a verdict is one line, never wrapped by the console width.
     params = " ".join(f"{k}={v}" for k, v in result.params.items())
     out.write(f"params: {params}\n")

@@ -104,7 +104,8 @@ def _duration(default: float) -> Param:
 
 
 def _rate(default: float, help: str = "new connections per second") -> Param:
-    return Param(name="rate", default=default, min=0, max=10_000_000, help=help)
+    # > 0: a scenario with no connections answers nothing (issue 17: rate=0 gave a verdict).
+    return Param(name="rate", default=default, min=0.001, max=10_000_000, help=help)
 
 
 def parse_range(text: str) -> tuple[int, int]:
@@ -177,7 +178,16 @@ def _steady(res: FlowResult, duration_s: float) -> dict[str, Any]:
 
 
 def _fmt(n: float) -> str:
-    return f"{n:,.0f}" if abs(n) >= 100 or float(n).is_integer() else f"{n:,.1f}"
+    """Rates for verdicts: whole numbers from 100, one decimal from 1, three significant
+    digits below (a one-port range sustains 0.0167/s, not "0/s")."""
+    if abs(n) >= 100 or float(n).is_integer():
+        return f"{n:,.0f}"
+    return f"{n:,.1f}" if abs(n) >= 1 else f"{n:.3g}"
+
+
+def _fmt_s(seconds: float) -> str:
+    """Durations for verdicts: "28.2 s", "1 ms" (a one-port range fills at once)."""
+    return f"{seconds:,.1f} s" if seconds >= 1 else f"{seconds * 1000:.3g} ms"
 
 
 # -- port-exhaustion ----------------------------------------------------------------------------
@@ -191,7 +201,7 @@ def run_port_exhaustion(p: dict[str, ParamValue], seed: int) -> ScenarioResult:
         raise ScenarioError("no usable ports: the range is fully reserved")
     cap = capacity(usable, lifetime_s)
     rate = float(p["rate"])
-    below = round(0.9 * cap, 1)
+    below = 0.9 * cap
     duration_s = float(p["duration_s"])
     variants: dict[str, dict[str, Any]] = {}
     series = {}
@@ -214,16 +224,16 @@ def run_port_exhaustion(p: dict[str, ParamValue], seed: int) -> ScenarioResult:
     first = next(iter(variants.values()))
     if first["first_failure_s"] is not None:
         verdict = (
-            f"At {_fmt(rate)} conn/s to one destination the {usable:,} usable ports run out "
-            f"after {first['first_failure_s']:.1f} s (usable/R = {usable / rate:.1f} s); then "
+            f"At {_fmt(rate)} conn/s to one destination the {usable:,} usable port(s) run out "
+            f"after {_fmt_s(first['first_failure_s'])} (usable/R = {_fmt_s(usable / rate)}); then "
             f"{first['failures_per_s']:,.0f} connect()/s fail with EADDRNOTAVAIL on average and "
             f"TIME_WAIT holds {first['steady_time_wait']:,} (min(R x 60 s, usable)); "
-            f"at {_fmt(below)}/s (below usable/60 s = {cap:,.0f}/s) nothing fails."
+            f"at {_fmt(below)}/s (below usable/60 s = {_fmt(cap)}/s) nothing fails."
         )
     else:
         verdict = (
             f"{_fmt(rate)} conn/s stays below the capacity of one destination "
-            f"({usable:,} ports / 60 s = {cap:,.0f}/s): no EADDRNOTAVAIL, TIME_WAIT levels at "
+            f"({usable:,} ports / 60 s = {_fmt(cap)}/s): no EADDRNOTAVAIL, TIME_WAIT levels at "
             f"{first['steady_time_wait']:,} = R x 60 s."
         )
     return ScenarioResult(
