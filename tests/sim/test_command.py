@@ -292,7 +292,7 @@ def test_rate_zero_and_a_one_port_range_say_something_that_makes_sense() -> None
 
     from timewait.sim.scenario import ScenarioError, get
 
-    with pytest.raises(ScenarioError, match="rate=0.0: must be >= 0.001"):
+    with pytest.raises(ScenarioError, match=r"rate=0\.0: must be >= 0\.001"):
         get("port-exhaustion").run({"rate": "0"}, seed=1)
     v = get("port-exhaustion").run({"port_range": "5000-5000", "duration_s": "5"}, seed=1).verdict
     assert "0.0167/s" in v and "after 1 ms" in v and " 0/s" not in v
