@@ -94,16 +94,3 @@ def test_run_table_says_model_defect_when_there_is_one(monkeypatch: pytest.Monke
     res = CliRunner().invoke(lab_group, ["run", "lost-final-ack", "--quick"])
     assert res.exit_code == 0, res.output
     assert "MODEL DEFECT" in res.output and "rsts_sent" in res.output
-
-
-@pytest.mark.root
-def test_cleanup_removes_leftover_namespaces() -> None:
-    need_root()
-    import subprocess
-
-    name = f"tw-cleanuptest-{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    res = CliRunner().invoke(lab_group, ["cleanup"])
-    assert res.exit_code == 0
-    assert f"removed namespace {name}" in res.output
-    assert not os.path.exists(f"/run/netns/{name}")

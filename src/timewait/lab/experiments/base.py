@@ -3,9 +3,9 @@
 Theory of operation
 -------------------
 An `Experiment` asks one question of the TIME_WAIT story of the running kernel. `run()` checks
-root (and nft/nginx when needed), turns SIGTERM into SystemExit for the whole run (so every
-`finally` that deletes a namespace, an nft table, a process or a temp dir runs), then calls the
-experiment's function, which
+root (and nft/nginx when needed), turns SIGTERM and SIGHUP into SystemExit for the whole run
+(lab.namespaces.signals_as_exit: every `finally` that deletes a namespace, an nft table, a
+process or a temp dir runs), then calls the experiment's function, which
 
 1. creates its own throwaway namespaces (`lab.namespaces.throwaway_netns`), writes sysctls only
    inside them, and drives traffic on their loopback or on a veth pair between two of them
@@ -34,7 +34,7 @@ import numpy as np
 
 from timewait.errors import TimewaitError
 from timewait.lab import compare as cmp
-from timewait.lab.namespaces import LabUnavailable, _sigterm_as_exit, require_root, write_sysctl
+from timewait.lab.namespaces import LabUnavailable, require_root, signals_as_exit, write_sysctl
 from timewait.live.capture import capture
 from timewait.sim.scenario import Param, ParamValue, ScenarioError, ScenarioResult, Series
 from timewait.snapshot import TCP_TIME_WAIT, Snapshot
@@ -133,7 +133,7 @@ class Experiment:
         require_root()
         check_tools(self.needs)
         t0 = time.monotonic()
-        with _sigterm_as_exit():
+        with signals_as_exit():
             result = self.run_fn(params, progress or _quiet)
         result.elapsed_s = time.monotonic() - t0
         return result
@@ -153,6 +153,11 @@ def check_tools(needs: Sequence[str]) -> None:
             raise LabUnavailable(
                 f"this experiment needs nginx ({NGINX}): run `bash scripts/system-packages.sh` "
                 "(installs nginx-light without starting the service)"
+            )
+        if tool == "nginx" and shutil.which("unshare") is None:
+            raise LabUnavailable(
+                "this experiment needs unshare(1) to keep nginx from outliving the run: "
+                "apt-get install util-linux"
             )
 
 
