@@ -32,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from timewait.errors import TimewaitError
+from timewait.config import KernelConfig
+from timewait.errors import ConfigError, TimewaitError
 from timewait.lab import compare as cmp
 from timewait.lab.namespaces import LabUnavailable, require_root, signals_as_exit, write_sysctl
 from timewait.live.capture import capture
@@ -121,6 +122,8 @@ class Experiment:
                 values[key] = by_name[key].parse(text)
             except ScenarioError as e:
                 raise LabError(str(e)) from None
+        if "port_range" in values:
+            check_port_range(str(values["port_range"]))
         return values
 
     def run(
@@ -137,6 +140,28 @@ class Experiment:
             result = self.run_fn(params, progress or _quiet)
         result.elapsed_s = time.monotonic() - t0
         return result
+
+
+def check_port_range(text: str) -> tuple[int, int]:
+    """A port_range parameter as Linux takes it for ip_local_port_range, or LabError naming
+    what is wrong: the ends swapped, an end that is no port, a low end below 1024."""
+    from timewait.sim.scenarios.flow import parse_range
+
+    try:
+        low, high = parse_range(text)
+    except ScenarioError as e:
+        raise LabError(str(e)) from None
+    example = "give LOW-HIGH, e.g. 40000-40999"
+    if low > high:
+        raise LabError(
+            f"parameter port_range={text}: the low end {low} is above the high end {high} "
+            f"({example})"
+        )
+    try:
+        KernelConfig(ip_local_port_range=(low, high))
+    except ConfigError as e:  # an end outside 1..65535, or below ip_unprivileged_port_start
+        raise LabError(f"parameter port_range={text}: {e.allowed} ({example})") from None
+    return low, high
 
 
 NGINX = "/usr/sbin/nginx"
