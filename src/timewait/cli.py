@@ -586,14 +586,15 @@ def exporter_cmd(obj: Ctx, listen: str | None, netns_list: tuple[str, ...], top_
     """
     try:
         from timewait.exporter import DEFAULT_LISTEN
-        from timewait.exporter.server import parse_listen, serve
+        from timewait.exporter.server import check_cli_listen, serve
     except ImportError as e:  # pragma: no cover - depends on the install
         raise LiveUnavailable(
             f"the exporter needs prometheus_client ({e}): pip install prometheus_client"
         ) from None
-    listen = listen or DEFAULT_LISTEN
+    if listen is None:  # left out; an empty --listen '' is an error, not the default
+        listen = DEFAULT_LISTEN
     try:
-        parse_listen(listen)
+        check_cli_listen(listen)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--listen") from None
     serve(listen=listen, netns=netns_list, top_k=top_k, log_stream=obj.env.stderr)

@@ -17,7 +17,7 @@ import pytest
 from timewait.status import ExitStatus
 
 from ..lab.helpers import need_root
-from .helpers import TIMEWAIT, exporter, sample, scrape
+from .helpers import TIMEWAIT, exporter, free_port, sample, scrape
 
 pytestmark = pytest.mark.root
 
@@ -50,7 +50,7 @@ def test_nobody_with_only_cap_sys_admin_exports_another_namespace(
 def test_nobody_without_capabilities_gets_one_line_error(populated_ns: tuple[str, Any]) -> None:
     ns, _ = populated_ns
     r = subprocess.run(
-        [*NOBODY, TIMEWAIT, "exporter", "--listen", "127.0.0.1:0", "--netns", ns],
+        [*NOBODY, TIMEWAIT, "exporter", "--listen", f"127.0.0.1:{free_port()}", "--netns", ns],
         capture_output=True,
         text=True,
         timeout=30,
