@@ -449,7 +449,13 @@ def snapshot_cmd(
     obj: Ctx, output: str, netns: str | None, pid: int | None, source: str, as_json: bool
 ) -> None:
     """Save what `doctor` would analyze (sockets, settings, counters) to a file."""
+    from timewait.outpath import OutputPathError, check_output_file
+
     _check_targets((), netns, pid)
+    try:
+        check_output_file(output)  # before the capture; /proc/version was "No such file"
+    except OutputPathError as e:
+        raise click.BadParameter(str(e), param_hint=["-o", "--output"]) from None
     snap = capture_live(netns, pid, source, rate_window=True)
     try:
         snap.save(output)
