@@ -616,7 +616,7 @@ def top_cmd(
     multiple=True,
     metavar="NAME|PATH",
     help="Network namespace to export (repeatable; needs root). Default: this namespace, "
-    'labelled netns="host".',
+    'labelled with its name (`ip netns exec NAME timewait exporter`) or netns="host".',
 )
 @click.option(
     "--top-k",

@@ -95,12 +95,13 @@ def server() -> Iterator[MetricsServer]:
         yield srv
 
 
-def test_serves_metrics(server: MetricsServer) -> None:
+def test_serves_metrics(server: MetricsServer, _private_netns: str) -> None:
+    """Served from inside the test's namespace: the series carry its name (conftest.py)."""
     status, body = get(server.url)
     assert status == 200
     assert (
         'timewait_destination_ports_in_use{destination="198.18.0.1 -> 198.18.0.2:80",'
-        'netns="host"} 50.0' in body
+        f'netns="{_private_netns}"}} 50.0' in body
     )
 
 
@@ -163,7 +164,7 @@ def test_run_returns_when_stopped() -> None:
         get(urls[0])  # the socket is closed
 
 
-def test_serve_logs_url_and_stop() -> None:
+def test_serve_logs_url_and_stop(_private_netns: str) -> None:
     stop = threading.Event()
     log = io.StringIO()
     t = threading.Thread(
@@ -178,7 +179,7 @@ def test_serve_logs_url_and_stop() -> None:
     assert line.startswith("timewait exporter: INFO: serving http://127.0.0.1:")
     url = line.split()[4]
     status, body = get(url)
-    assert status == 200 and 'netns="host"' in body
+    assert status == 200 and f'netns="{_private_netns}"' in body
     stop.set()
     t.join(5)
     assert log.getvalue().splitlines()[-1] == "timewait exporter: INFO: stopped"
@@ -236,9 +237,9 @@ def test_port_in_use_via_cli(server: MetricsServer) -> None:
     assert got == ExitStatus.ERROR and err.count("\n") == 1 and "in use" in err
 
 
-def start_exporter(*args: str) -> tuple[subprocess.Popen[str], str]:
+def start_exporter(*args: str, prefix: tuple[str, ...] = ()) -> tuple[subprocess.Popen[str], str]:
     p = subprocess.Popen(
-        [TIMEWAIT, "exporter", "--listen", f"127.0.0.1:{free_port()}", *args],
+        [*prefix, TIMEWAIT, "exporter", "--listen", f"127.0.0.1:{free_port()}", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -247,6 +248,19 @@ def start_exporter(*args: str) -> tuple[subprocess.Popen[str], str]:
     line = p.stderr.readline()
     assert "serving http://" in line, line
     return p, line.split()[4]
+
+
+def test_ip_netns_exec_labels_series_with_the_namespaces_name(_private_netns: str) -> None:
+    """`ip netns exec NAME timewait exporter` labelled everything netns="host" (issue 17)."""
+    p, url = start_exporter(prefix=("ip", "netns", "exec", _private_netns))
+    try:
+        status, body = get(url)
+        assert status == 200
+        assert f'timewait_collection_error{{netns="{_private_netns}"}} 0.0' in body
+        assert 'netns="host"' not in body
+    finally:
+        p.terminate()
+        p.communicate(timeout=10)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
