@@ -301,7 +301,11 @@ class LoadGen:
         self.pids = []
 
     def __enter__(self) -> LoadGen:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:  # interrupted while forking: the workers made so far go too
+            self.stop()
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
