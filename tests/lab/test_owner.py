@@ -227,3 +227,36 @@ def test_cleanup_command_removes_recorded_leftovers_and_spares_the_rest() -> Non
     finally:
         for name in (gone, mine, unrecorded):
             delete_netns(name)
+
+
+SIGNAL_IN_TIMER_START = """
+import threading
+from timewait.lab.namespaces import run_in_netns, throwaway_netns
+
+real_start = threading.Timer.start
+
+
+def start(self):
+    real_start(self)
+    raise KeyboardInterrupt  # a Ctrl-C landing inside start(), once the thread runs
+
+
+threading.Timer.start = start
+with throwaway_netns() as ns:
+    try:
+        run_in_netns(ns, int, timeout=600)
+    except KeyboardInterrupt:
+        pass
+print("unwound", flush=True)
+"""
+
+
+def test_a_signal_inside_the_child_watchdog_does_not_hold_the_exit() -> None:
+    """The watchdog timer of run_in_netns is a daemon thread: a Ctrl-C that lands while it
+    starts (so it is never cancelled) must not keep the process alive for its 600 s
+    (seen as a lab run that did not stop within 30 s of SIGINT)."""
+    need_root()
+    r = subprocess.run(
+        [sys.executable, "-c", SIGNAL_IN_TIMER_START], capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 0 and r.stdout == "unwound\n", r.stderr

@@ -336,8 +336,7 @@ def run_in_netns(name: str, fn: Callable[..., Any], *args: Any, timeout: float =
     os.close(wfd)
     try:
         with os.fdopen(rfd, "rb") as r:
-            timer = threading.Timer(timeout, lambda: _kill_quietly(pid))
-            timer.start()
+            timer = _watchdog(timeout, pid)
             try:
                 data = r.read()
             finally:
@@ -353,6 +352,16 @@ def run_in_netns(name: str, fn: Callable[..., Any], *args: Any, timeout: float =
     if kind != "ok":
         raise LabChildFailed(f"inside {name}: {value}")
     return value
+
+
+def _watchdog(timeout: float, pid: int) -> threading.Timer:
+    """A started timer that kills `pid` after `timeout` s unless cancelled. A daemon thread:
+    a signal can interrupt start() after the thread is running, before the caller's `try`
+    that cancels it, and a non-daemon timer then holds the process at exit for `timeout` s."""
+    timer = threading.Timer(timeout, lambda: _kill_quietly(pid))
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 def _kill_quietly(pid: int) -> None:
@@ -400,8 +409,7 @@ class NetnsProcess:
         self._ctl_w = ctl_w
         try:
             with os.fdopen(rfd, "rb") as r:
-                timer = threading.Timer(timeout, lambda: _kill_quietly(pid))
-                timer.start()
+                timer = _watchdog(timeout, pid)
                 try:
                     data = r.read()
                 finally:
