@@ -200,10 +200,13 @@ def remove_temp_dir(path: str) -> None:
 
 
 def child_started(pid: int, what: str, *, group: bool = False) -> None:
-    """Record a child (pid, start time); `group`: it leads its own process group."""
+    """Record a child (pid, start time); `group`: it leads its own process group. Best effort:
+    the child dies with us anyway (PR_SET_PDEATHSIG), so a record we cannot write (no root,
+    say) is no reason to fail after the fork."""
     start = start_time(pid)
     if start is not None:
-        record("child", str(pid), pid=pid, start=start, what=what, group=group)
+        with contextlib.suppress(OSError):
+            record("child", str(pid), pid=pid, start=start, what=what, group=group)
 
 
 def child_gone(pid: int) -> None:
