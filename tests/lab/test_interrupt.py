@@ -109,7 +109,8 @@ class Run:
     what it saw the run make (namespaces, nginx's session) for the checks and the finalizer."""
 
     def __init__(self, args: list[str], state: Path) -> None:
-        self.env = {**os.environ, "TIMEWAIT_LAB_STATE": str(state)}
+        # faulthandler: a run that hangs is sent SIGABRT and shows where (see stop_by()).
+        self.env = {**os.environ, "TIMEWAIT_LAB_STATE": str(state), "PYTHONFAULTHANDLER": "1"}
         self.state = state
         self.proc = subprocess.Popen(
             [TIMEWAIT, "lab", "run", *args],
@@ -239,7 +240,9 @@ def test_signal_leaves_nothing(kind: str, sig: str, runs: Callable[[list[str]], 
     try:
         _, err = run.proc.communicate(timeout=30)
     except subprocess.TimeoutExpired:
-        pytest.fail(f"the run did not stop within 30 s of SIG{sig}")
+        run.proc.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack
+        _, err = run.proc.communicate(timeout=30)
+        pytest.fail(f"the run did not stop within 30 s of SIG{sig}; where it was:\n{err[-4000:]}")
     assert run.proc.returncode == EXIT[sig], err
     assert "Traceback" not in err, err
     if sig == "KILL":
