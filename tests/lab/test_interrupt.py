@@ -109,7 +109,7 @@ class Run:
     what it saw the run make (namespaces, nginx's session) for the checks and the finalizer."""
 
     def __init__(self, args: list[str], state: Path) -> None:
-        # faulthandler: a run that hangs is sent SIGABRT and shows where (see stop_by()).
+        # faulthandler: a run that hangs is sent SIGABRT and shows where it hangs.
         self.env = {**os.environ, "TIMEWAIT_LAB_STATE": str(state), "PYTHONFAULTHANDLER": "1"}
         self.state = state
         self.proc = subprocess.Popen(
