@@ -82,9 +82,14 @@ def _in_process(ns: str) -> tuple[list[str], float]:
 def _process(ns: str, log: Path) -> list[str]:
     if not TIMEWAIT.exists():
         return ["timewait exporter: CLI entry point not installed"]
+    import socket
+
+    with socket.socket() as s:  # --listen refuses port 0: a port free in this private namespace
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     with log.open("w") as f:
         p = subprocess.Popen(
-            [str(TIMEWAIT), "exporter", "--listen", "127.0.0.1:0", "--netns", ns],
+            [str(TIMEWAIT), "exporter", "--listen", f"127.0.0.1:{port}", "--netns", ns],
             stdout=subprocess.DEVNULL,
             stderr=f,
         )

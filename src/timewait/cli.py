@@ -175,29 +175,75 @@ def config_group() -> None:
 
 
 @config_group.command("show")
+@click.option(
+    "--netns",
+    metavar="NAME|PATH",
+    help="Show the live settings of another network namespace: a name from `ip netns list` "
+    "or a file such as /proc/PID/ns/net (needs root).",
+)
+@click.option(
+    "--pid",
+    type=click.IntRange(min=1),
+    help="Show the live settings of the network namespace of process PID (needs root).",
+)
+@click.option(
+    "--defaults",
+    is_flag=True,
+    help="Show Linux's defaults (what a new network namespace starts with) instead.",
+)
 @set_option
 @profile_option
 @json_option
 @click.pass_obj
-def config_show(obj: Ctx, sets: tuple[str, ...], profile: str, as_json: bool) -> None:
-    """Show the effective settings (Linux defaults plus --set) and what they imply.
+def config_show(
+    obj: Ctx,
+    netns: str | None,
+    pid: int | None,
+    defaults: bool,
+    sets: tuple[str, ...],
+    profile: str,
+    as_json: bool,
+) -> None:
+    """Show the settings that shape TIME_WAIT and ephemeral ports, and what they imply.
 
-    Validates every value against the bounds the kernel enforces, so it doubles as a checker:
+    By default the live settings of this network namespace (or of --netns/--pid), read from
+    /proc/sys/net/ipv4; --defaults shows Linux's defaults instead. The first line says which.
+    --set NAME=VALUE changes a value on top of either (nothing is written) and is checked
+    against the bounds the kernel enforces, so this doubles as a checker:
     `timewait config show --set ip_local_port_range="1000 2000"` explains why Linux would refuse it.
     """
-    from timewait.render.config import config_report
+    from timewait.render.config import DEFAULTS, LIVE, config_lines, config_report
 
-    cfg = parse_sets(sets)
-    prof = get_profile(profile)
-    report = config_report(cfg, prof)
+    if defaults and (netns or pid):
+        raise click.UsageError(
+            "--defaults shows Linux's defaults, not a namespace's settings: drop --netns/--pid "
+            "or --defaults"
+        )
+    if netns and pid:
+        raise click.UsageError("give either --netns or --pid, not both")
+    notes: tuple[str, ...] = ()
+    namespace: str | None = None
+    if defaults:
+        base = KernelConfig()
+    else:
+        from timewait.live.sysctl import read_config_of
+
+        base, notes, namespace = read_config_of(netns=netns, pid=pid)
+    cfg = parse_sets(sets, base=base)
+    report = config_report(
+        cfg, get_profile(profile), shows=DEFAULTS if defaults else LIVE, namespace=namespace,
+        base=base, overridden=[_set_name(item) for item in sets], notes=notes,
+    )  # fmt: skip
     if as_json:
         obj.emit_json(report)
     else:
-        for key, value in report["settings"].items():
-            obj.echo(f"net.ipv4.{key:<28} {value}")
-        obj.echo()
-        for key, value in report["derived"].items():
-            obj.echo(f"{key:<36} {value}")
+        for line in config_lines(report):
+            obj.echo(line)
+
+
+def _set_name(item: str) -> str:
+    """'net.ipv4.tcp_tw_reuse=1' -> 'tcp_tw_reuse' (parse_sets has checked it)."""
+    return item.partition("=")[0].strip().replace("/", ".").rsplit(".", 1)[-1]
 
 
 @cli.command("demo")
@@ -449,7 +495,13 @@ def snapshot_cmd(
     obj: Ctx, output: str, netns: str | None, pid: int | None, source: str, as_json: bool
 ) -> None:
     """Save what `doctor` would analyze (sockets, settings, counters) to a file."""
+    from timewait.outpath import OutputPathError, check_output_file
+
     _check_targets((), netns, pid)
+    try:
+        check_output_file(output)  # before the capture; /proc/version was "No such file"
+    except OutputPathError as e:
+        raise click.BadParameter(str(e), param_hint=["-o", "--output"]) from None
     snap = capture_live(netns, pid, source, rate_window=True)
     try:
         snap.save(output)
@@ -564,7 +616,7 @@ def top_cmd(
     multiple=True,
     metavar="NAME|PATH",
     help="Network namespace to export (repeatable; needs root). Default: this namespace, "
-    'labelled netns="host".',
+    'labelled with its name (`ip netns exec NAME timewait exporter`) or netns="host".',
 )
 @click.option(
     "--top-k",
@@ -586,14 +638,15 @@ def exporter_cmd(obj: Ctx, listen: str | None, netns_list: tuple[str, ...], top_
     """
     try:
         from timewait.exporter import DEFAULT_LISTEN
-        from timewait.exporter.server import parse_listen, serve
+        from timewait.exporter.server import check_cli_listen, serve
     except ImportError as e:  # pragma: no cover - depends on the install
         raise LiveUnavailable(
             f"the exporter needs prometheus_client ({e}): pip install prometheus_client"
         ) from None
-    listen = listen or DEFAULT_LISTEN
+    if listen is None:  # left out; an empty --listen '' is an error, not the default
+        listen = DEFAULT_LISTEN
     try:
-        parse_listen(listen)
+        check_cli_listen(listen)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--listen") from None
     serve(listen=listen, netns=netns_list, top_k=top_k, log_stream=obj.env.stderr)

@@ -13,8 +13,6 @@ import io
 import json
 import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -22,7 +20,7 @@ from timewait.cli import main
 from timewait.env import Environment
 from timewait.status import ExitStatus
 
-from ..lab.helpers import need_root, ss_lines
+from ..lab.helpers import TIMEWAIT, as_nobody, need_root, ss_lines
 
 pytestmark = pytest.mark.root
 
@@ -118,10 +116,8 @@ def test_doctor_critical_finding_with_correct_remedies(populated_ns) -> None:
 def test_doctor_netns_without_root_is_one_line_error(populated_ns) -> None:
     """An unprivileged user asking for another namespace gets a one-line error, exit 3."""
     ns, _ = populated_ns
-    exe = str(Path(sys.executable).with_name("timewait"))
     r = subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", exe, "doctor",
-         "--netns", ns],
+        [*as_nobody(), TIMEWAIT, "doctor", "--netns", ns],
         capture_output=True, text=True, check=False, env={**os.environ, "HOME": "/tmp"},
     )  # fmt: skip
     assert r.returncode == ExitStatus.ERROR, r.stderr
@@ -131,9 +127,8 @@ def test_doctor_netns_without_root_is_one_line_error(populated_ns) -> None:
 def test_doctor_unprivileged_own_namespace_works() -> None:
     """Without root our own namespace is fully visible (the collector notes it)."""
     need_root()  # setpriv to drop privileges needs them first
-    exe = str(Path(sys.executable).with_name("timewait"))
     r = subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", exe, "doctor", "--json"],
+        [*as_nobody(), TIMEWAIT, "doctor", "--json"],
         capture_output=True, text=True, check=False, env={**os.environ, "HOME": "/tmp"},
     )  # fmt: skip
     assert r.returncode in (0, 1, 2), r.stderr

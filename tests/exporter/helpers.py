@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,6 +16,15 @@ from typing import IO
 from prometheus_client.parser import text_string_to_metric_families
 
 TIMEWAIT = str(Path(sys.executable).with_name("timewait"))
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 now. `timewait exporter --listen` refuses port 0, so tests that
+    start the command pick one; they run in a namespace of their own (conftest.py), where
+    nothing else can take it before the exporter binds it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def scrape(url: str, timeout: float = 30.0) -> str:
@@ -47,14 +57,14 @@ def rss_kib(pid: int) -> tuple[int, int]:
 
 
 class Exporter:
-    """`timewait exporter --listen 127.0.0.1:0 ARGS` with stderr in a file (so a long run
+    """`timewait exporter --listen 127.0.0.1:PORT ARGS` with stderr in a file (so a long run
     never blocks on a full pipe); `.url` once it serves. Always stopped on exit."""
 
     def __init__(self, args: Sequence[str], log: Path, prefix: Sequence[str] = ()) -> None:
         self.log = log
         self._log_f: IO[str] = log.open("w")
         self.proc = subprocess.Popen(
-            [*prefix, TIMEWAIT, "exporter", "--listen", "127.0.0.1:0", *args],
+            [*prefix, TIMEWAIT, "exporter", "--listen", f"127.0.0.1:{free_port()}", *args],
             stdout=subprocess.DEVNULL,
             stderr=self._log_f,
             text=True,

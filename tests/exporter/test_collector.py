@@ -438,3 +438,22 @@ def test_pool_families_bounded_and_equal_to_the_doctor() -> None:
     )  # fmt: skip
     d = a.destinations()[0]
     assert value(reg, "timewait_destination_headroom_ports", destination=d.label) == d.headroom
+
+
+def test_own_namespace_is_labelled_by_its_name() -> None:
+    """The exporter's own namespace: "host" for the machine's, else the name `ip netns`
+    knows it by, the same label `--netns NAME` gives it from outside."""
+    from timewait.exporter.collector import targets_of
+
+    assert [t.label for t in targets_of([], own=lambda: "web")] == ["web"]
+    assert [t.label for t in targets_of(["web", "db", "web"])] == ["web", "db"]
+    assert [t.netns for t in targets_of([])] == [None]
+
+
+def test_own_label_drops_the_netns_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    from timewait.exporter import collector
+    from timewait.live import netns
+
+    for got, want in (("netns:web", "web"), ("host", "host"), ("netns:[4026532]", "[4026532]")):
+        monkeypatch.setattr(netns, "own_label", lambda got=got: got)
+        assert collector.own_label() == want

@@ -1,7 +1,8 @@
 """The capability set documented in deploy/timewait-exporter.service, checked on the kernel:
 exporting another namespace needs CAP_SYS_ADMIN (setns) and nothing else; without it the
-command fails at start with a one-line error. Runs the exporter as user nobody via setpriv(1),
-on a throwaway namespace with a known population; scrapes go to 127.0.0.1.
+command fails at start with a one-line error. Runs the exporter as user nobody via setpriv(1)
+(tests/lab/helpers.as_nobody: plus CAP_DAC_READ_SEARCH only when the checkout lies where nobody
+cannot read it), on a throwaway namespace with a known population; scrapes go to 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -16,13 +17,10 @@ import pytest
 
 from timewait.status import ExitStatus
 
-from ..lab.helpers import need_root
-from .helpers import TIMEWAIT, exporter, sample, scrape
+from ..lab.helpers import as_nobody, need_root
+from .helpers import TIMEWAIT, exporter, free_port, sample, scrape
 
 pytestmark = pytest.mark.root
-
-NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-ONLY_SYS_ADMIN = [*NOBODY, "--inh-caps=+sys_admin", "--ambient-caps=+sys_admin"]
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +37,7 @@ def test_nobody_with_only_cap_sys_admin_exports_another_namespace(
     populated_ns: tuple[str, Any], tmp_path: Path
 ) -> None:
     ns, expected = populated_ns
-    with exporter(["--netns", ns], tmp_path / "log", prefix=ONLY_SYS_ADMIN) as exp:
+    with exporter(["--netns", ns], tmp_path / "log", prefix=as_nobody("sys_admin")) as exp:
         body = scrape(exp.url)
         assert sample(body, "timewait_collection_error", netns=ns) == 0
         tw = sample(body, "timewait_sockets", netns=ns, state="TIME-WAIT")
@@ -50,7 +48,7 @@ def test_nobody_with_only_cap_sys_admin_exports_another_namespace(
 def test_nobody_without_capabilities_gets_one_line_error(populated_ns: tuple[str, Any]) -> None:
     ns, _ = populated_ns
     r = subprocess.run(
-        [*NOBODY, TIMEWAIT, "exporter", "--listen", "127.0.0.1:0", "--netns", ns],
+        [*as_nobody(), TIMEWAIT, "exporter", "--listen", f"127.0.0.1:{free_port()}", "--netns", ns],
         capture_output=True,
         text=True,
         timeout=30,

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,7 @@ from timewait.exporter.server import ListenError, MetricsServer, parse_listen, r
 from timewait.status import ExitStatus
 
 from ..doctor.helpers import S1, C, snap, tws
+from .helpers import free_port
 
 TIMEWAIT = str(Path(sys.executable).with_name("timewait"))
 
@@ -58,6 +60,11 @@ def test_parse_listen(text: str, expected: tuple[str, int]) -> None:
         ("::1:19977", "brackets"),
         ("[::1]19977", "is not [IPv6]:PORT"),
         ("[nope]:1", "not an IPv6 address"),
+        # Not host names that fail to resolve (999.1.1.1 was "Name or service not known").
+        ("999.1.1.1:19977", "999.1.1.1 is not an IPv4 address"),
+        ("1.2.3:19977", "1.2.3 is not an IPv4 address"),
+        ("", "the address is empty"),
+        ("  ", "the address is empty"),
     ],
 )
 def test_parse_listen_rejects(text: str, message: str) -> None:
@@ -88,13 +95,33 @@ def server() -> Iterator[MetricsServer]:
         yield srv
 
 
-def test_serves_metrics(server: MetricsServer) -> None:
+def test_serves_metrics(server: MetricsServer, _private_netns: str) -> None:
+    """Served from inside the test's namespace: the series carry its name (conftest.py)."""
     status, body = get(server.url)
     assert status == 200
     assert (
         'timewait_destination_ports_in_use{destination="198.18.0.1 -> 198.18.0.2:80",'
-        'netns="host"} 50.0' in body
+        f'netns="{_private_netns}"}} 50.0' in body
     )
+
+
+def test_index_page_links_to_metrics(server: MetricsServer) -> None:
+    status, body = get(server.url.removesuffix("metrics"))
+    assert status == 200 and '<a href="/metrics">/metrics</a>' in body
+    assert "timewait_" not in body  # an index, not the metrics
+
+
+@pytest.mark.parametrize("path", ["/nope", "/metrics/", "/favicon.ico", "/index.html"])
+def test_other_paths_are_404(server: MetricsServer, path: str) -> None:
+    with pytest.raises(urllib.error.HTTPError) as e:
+        get(server.url.removesuffix("/metrics") + path)
+    assert e.value.code == 404
+    assert b"/metrics" in e.value.read()
+
+
+def test_metrics_with_a_query_string(server: MetricsServer) -> None:
+    status, body = get(server.url + "?name[]=timewait_sockets")
+    assert status == 200 and "timewait_sockets" in body
 
 
 def test_port_in_use_is_one_line_error(server: MetricsServer) -> None:
@@ -137,7 +164,7 @@ def test_run_returns_when_stopped() -> None:
         get(urls[0])  # the socket is closed
 
 
-def test_serve_logs_url_and_stop() -> None:
+def test_serve_logs_url_and_stop(_private_netns: str) -> None:
     stop = threading.Event()
     log = io.StringIO()
     t = threading.Thread(
@@ -152,7 +179,7 @@ def test_serve_logs_url_and_stop() -> None:
     assert line.startswith("timewait exporter: INFO: serving http://127.0.0.1:")
     url = line.split()[4]
     status, body = get(url)
-    assert status == 200 and 'netns="host"' in body
+    assert status == 200 and f'netns="{_private_netns}"' in body
     stop.set()
     t.join(5)
     assert log.getvalue().splitlines()[-1] == "timewait exporter: INFO: stopped"
@@ -176,6 +203,8 @@ def cli(*args: str) -> tuple[int, str]:
         (("--top-k", "5000"), ExitStatus.USAGE, "--top-k"),
         (("--netns", "no-such-ns-xyz"), ExitStatus.ERROR, "ip netns list"),
         (("--listen", "192.0.2.1:19977"), ExitStatus.ERROR, "not an address of this host"),
+        # Reported as a name-resolution failure before (issue 17).
+        (("--listen", "999.1.1.1:19977"), ExitStatus.USAGE, "999.1.1.1 is not an IPv4 address"),
     ],
 )
 def test_user_errors_are_one_line(args: tuple[str, ...], status: int, needle: str) -> None:
@@ -184,14 +213,33 @@ def test_user_errors_are_one_line(args: tuple[str, ...], status: int, needle: st
     assert err.count("\n") == 1 and needle in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    ("listen", "needle"),
+    [
+        ("", "the address is empty"),
+        (":0", "port 0 would serve on a random free port, which Prometheus cannot be pointed at"),
+        ("0", "port 0 would serve"),
+        ("localhost:0", "port 0 would serve"),
+    ],
+)
+def test_listen_that_used_to_serve_somewhere_else_is_refused(listen: str, needle: str) -> None:
+    """'' served on the default address and :0 on a random port (issue 17); run as a process
+    with a timeout, so a regression fails instead of serving for ever."""
+    r = subprocess.run(
+        [TIMEWAIT, "exporter", "--listen", listen], capture_output=True, text=True, timeout=20
+    )
+    assert r.returncode == ExitStatus.USAGE, r.stderr
+    assert r.stderr.count("\n") == 1 and needle in r.stderr
+
+
 def test_port_in_use_via_cli(server: MetricsServer) -> None:
     got, err = cli("--listen", f"127.0.0.1:{server.port}")
     assert got == ExitStatus.ERROR and err.count("\n") == 1 and "in use" in err
 
 
-def start_exporter(*args: str) -> tuple[subprocess.Popen[str], str]:
+def start_exporter(*args: str, prefix: tuple[str, ...] = ()) -> tuple[subprocess.Popen[str], str]:
     p = subprocess.Popen(
-        [TIMEWAIT, "exporter", "--listen", "127.0.0.1:0", *args],
+        [*prefix, TIMEWAIT, "exporter", "--listen", f"127.0.0.1:{free_port()}", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -200,6 +248,19 @@ def start_exporter(*args: str) -> tuple[subprocess.Popen[str], str]:
     line = p.stderr.readline()
     assert "serving http://" in line, line
     return p, line.split()[4]
+
+
+def test_ip_netns_exec_labels_series_with_the_namespaces_name(_private_netns: str) -> None:
+    """`ip netns exec NAME timewait exporter` labelled everything netns="host" (issue 17)."""
+    p, url = start_exporter(prefix=("ip", "netns", "exec", _private_netns))
+    try:
+        status, body = get(url)
+        assert status == 200
+        assert f'timewait_collection_error{{netns="{_private_netns}"}} 0.0' in body
+        assert 'netns="host"' not in body
+    finally:
+        p.terminate()
+        p.communicate(timeout=10)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -31,3 +34,34 @@ def ss_lines(ns: str, state: str, *extra: str) -> list[str]:
         check=True,
     ).stdout
     return [ln for ln in out.splitlines() if ln.strip()]
+
+
+TIMEWAIT = str(Path(sys.executable).with_name("timewait"))
+_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+@functools.cache
+def _nobody_reaches_checkout() -> bool:
+    """Whether uid 65534 can run this checkout's `timewait` (not when it lives under a
+    directory others cannot traverse: /root, `mkdir -m 700`, `mktemp -d`)."""
+    r = subprocess.run(
+        [*_NOBODY, TIMEWAIT, "--version"], capture_output=True, text=True, check=False
+    )
+    return r.returncode == 0
+
+
+def as_nobody(*caps: str) -> list[str]:
+    """setpriv(1) prefix: run as nobody (uid/gid 65534, no groups) with exactly `caps` (e.g.
+    "sys_admin") as ambient capabilities.
+
+    When nobody cannot reach the checkout, CAP_DAC_READ_SEARCH is added: it lets nobody read
+    and search the checkout's files (the program under test) and changes nothing timewait
+    does -- sock_diag, setns() and /proc/PID/ns are governed by CAP_NET_ADMIN, CAP_SYS_ADMIN
+    and the ptrace check, none of which it grants, and every file timewait reads is
+    world-readable. Where nobody can reach the checkout, the capability set is exactly `caps`.
+    """
+    wanted = list(caps) if _nobody_reaches_checkout() else [*caps, "dac_read_search"]
+    if not wanted:
+        return list(_NOBODY)
+    spec = ",".join(f"+{c}" for c in wanted)
+    return [*_NOBODY, f"--inh-caps={spec}", f"--ambient-caps={spec}"]

@@ -18,6 +18,7 @@ from timewait.lab.namespaces import (
     cleanup_leftovers,
     in_private_netns,
     list_namespaces,
+    reap,
     run_in_netns,
     throwaway_netns,
     write_sysctl,
@@ -57,7 +58,8 @@ def test_processes_inside_are_killed_at_removal() -> None:
         holder = NetnsProcess(ns, lambda: ("ready", None))
         holder.start()
         pid = holder.pid
-    _, status = os.waitpid(pid, 0)
+    status = reap(pid)  # waitpid() and drop the child's record
+    assert status is not None
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
     holder.pid = 0
     holder.stop()

@@ -31,8 +31,9 @@ Failures: a failing namespace (gone, no permission, a corrupt dump, a bug) drops
 families; `timewait_collection_error{netns}` becomes 1, the errors counter rises and a WARNING
 goes to the "timewait.exporter" logger. The scrape itself always succeeds.
 
-Every series carries a `netns` label: the name given with --netns, or "host" for the
-exporter's own namespace.
+Every series carries a `netns` label: the name given with --netns; for the exporter's own
+namespace its name when it has one (`ip netns exec web timewait exporter` labels netns="web",
+as `--netns web` from outside does), "host" for the machine's own, "[INODE]" for an unnamed one.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ from timewait.snapshot import Snapshot
 
 LOG: Final = logging.getLogger("timewait.exporter")
 
-HOST_LABEL: Final = "host"  # the netns label of the exporter's own namespace
+HOST_LABEL: Final = "host"  # the netns label of the machine's own namespace (see own_label)
 OTHER: Final = "other"  # the destination label aggregating everything past the top K
 DEFAULT_TTL_S: Final = 1.0
 # A scrape that cannot get the lock within this time (a collection stuck in the kernel, say)
@@ -472,10 +473,20 @@ class Target:
     label: str
 
 
-def targets_of(netns: Sequence[str]) -> tuple[Target, ...]:
-    """--netns NAME ... -> targets; none given = the exporter's own namespace, label "host"."""
+def own_label() -> str:
+    """The netns label of the exporter's own namespace: its `ip netns` name, "host" (the
+    machine's own) or "[INODE]" (live.netns.own_label() without its "netns:" prefix, so that
+    a namespace has one label whether exported from inside or with --netns NAME)."""
+    from timewait.live.netns import own_label as label_of_ours
+
+    return label_of_ours().removeprefix("netns:")
+
+
+def targets_of(netns: Sequence[str], own: Callable[[], str] = own_label) -> tuple[Target, ...]:
+    """--netns NAME ... -> targets; none given = the exporter's own namespace, labelled
+    `own()`: its name, or "host"."""
     if not netns:
-        return (Target(None, HOST_LABEL),)
+        return (Target(None, own()),)
     seen: dict[str, Target] = {}
     for name in netns:
         seen.setdefault(name, Target(name, name))
@@ -487,7 +498,8 @@ class TimewaitCollector:
 
     Args:
         netns: namespaces to collect (names from `ip netns list` or paths such as
-            /proc/PID/ns/net); empty = the exporter's own namespace, labelled "host".
+            /proc/PID/ns/net); empty = the exporter's own namespace, labelled with its name
+            (or "host": `own_label()`).
         top_k: destinations exported one by one per namespace (0..MAX_TOP_K); the rest are
             aggregated into destination="other".
         ttl_s: how long one collection answers later scrapes (0 = collect on every scrape).

@@ -4,12 +4,17 @@ Theory of operation
 -------------------
 `parse_listen()` turns --listen into (host, port); a bare port, or ":PORT", stays on loopback
 (127.0.0.1): exposing socket tables to the network is an explicit choice (`0.0.0.0:PORT`,
-`[::]:PORT`). `MetricsServer` binds at construction, so every user error (port in use, an
-address this host does not have, a port below 1024 without privilege) surfaces as a one-line
-`ListenError` before anything runs. It serves `/metrics` (and `/`, like client_python) from
-`prometheus_client.make_wsgi_app` on a ThreadingWSGIServer (one thread per request, daemon
-threads: client_python exposition.py), so a slow client never blocks other scrapes; the
-collector's lock makes concurrent scrapes share one collection.
+`[::]:PORT`). An empty address, and a host written as numbers and dots that is no IPv4 address
+(999.1.1.1), are refused there, so they are not mistaken for host names that fail to resolve.
+`check_cli_listen()` also refuses port 0 on the command line: the kernel would pick a random
+port, and Prometheus cannot be pointed at a port that changes at every start (the library API,
+and the tests, still bind port 0). `MetricsServer` binds at construction, so every user error
+(port in use, an address this host does not have, a port below 1024 without privilege)
+surfaces as a one-line `ListenError` before anything runs. It serves `/metrics` from
+`prometheus_client.make_wsgi_app`, a small index page at `/` and 404 everywhere else, on a
+ThreadingWSGIServer (one thread per request, daemon threads: client_python exposition.py), so
+a slow client never blocks other scrapes; the collector's lock makes concurrent scrapes share
+one collection.
 
 `run()` serves until SIGINT (Ctrl-C) or SIGTERM (systemd stop), then shuts the server down:
 the scrape in flight finishes, the socket is closed, and run() returns normally (exit 0).
@@ -25,10 +30,10 @@ import logging
 import signal
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from types import FrameType
-from typing import Final, TextIO
+from typing import Any, Final, TextIO
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
@@ -53,6 +58,11 @@ def parse_listen(text: str) -> tuple[str, int]:
     """
     example = f"e.g. 127.0.0.1:{DEFAULT_PORT}, [::1]:{DEFAULT_PORT} or {DEFAULT_PORT}"
     raw = text.strip()
+    if not raw:
+        raise ValueError(
+            f"the address is empty: give [HOST]:PORT ({example}; leave --listen out for "
+            f"127.0.0.1:{DEFAULT_PORT})"
+        )
     if raw.isdigit():
         host, port_s = LOOPBACK, raw
     elif raw.startswith("["):
@@ -70,14 +80,62 @@ def parse_listen(text: str) -> tuple[str, int]:
             raise ValueError(f"{text!r} has no port ({example})")
         if ":" in host:
             raise ValueError(f"write IPv6 addresses in brackets: [{host}]:{port_s} ({example})")
+        if host and all(c.isdigit() or c == "." for c in host):
+            try:
+                ipaddress.IPv4Address(host)
+            except ValueError:
+                raise ValueError(
+                    f"{host} is not an IPv4 address: four numbers 0-255 separated by dots "
+                    f"({example})"
+                ) from None
         host = host or LOOPBACK
     if not port_s.isdigit() or not 0 <= int(port_s) <= 65535:
         raise ValueError(f"port {port_s!r} is not a number 0-65535 ({example})")
     return host, int(port_s)
 
 
+def check_cli_listen(text: str) -> tuple[str, int]:
+    """parse_listen() for `--listen`, which also refuses port 0 (ValueError, one line)."""
+    host, port = parse_listen(text)
+    if port == 0:
+        raise ValueError(
+            f"port 0 would serve on a random free port, which Prometheus cannot be pointed at: "
+            f"give a fixed port (default {DEFAULT_PORT})"
+        )
+    return host, port
+
+
 def format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+INDEX: Final = b"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>timewait exporter</title></head>
+<body><h1>timewait exporter</h1>
+<p>TIME_WAIT sockets and ephemeral-port headroom per destination, for Prometheus:
+<a href="/metrics">/metrics</a></p></body></html>
+"""
+NOT_FOUND: Final = b"404 Not Found: the metrics are at /metrics\n"
+
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+def routes(metrics: WsgiApp) -> WsgiApp:
+    """/metrics -> the Prometheus app, / -> a small index page, anything else -> 404."""
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO") or "/"
+        if path == "/metrics":
+            return metrics(environ, start_response)
+        status, body, kind = (
+            ("200 OK", INDEX, "text/html; charset=utf-8")
+            if path == "/"
+            else ("404 Not Found", NOT_FOUND, "text/plain; charset=utf-8")
+        )
+        start_response(status, [("Content-Type", kind), ("Content-Length", str(len(body)))])
+        return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
+
+    return app
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -114,7 +172,7 @@ class MetricsServer:
             self.httpd: WSGIServer = make_server(
                 str(sockaddr[0]),
                 port,
-                make_wsgi_app(registry),
+                routes(make_wsgi_app(registry)),
                 Server,
                 handler_class=_QuietHandler,
             )

@@ -11,10 +11,7 @@ interrupt tests and `python -m timewait.lab.command` use it).
 
 from __future__ import annotations
 
-import glob
 import json
-import os
-import shutil
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn, TextIO
@@ -137,6 +134,10 @@ def lab_run(
             from timewait.render.plot import check_plot_path
 
             check_plot_path(plot_path)
+        from timewait.lab.namespaces import require_root
+
+        require_root()
+        _sweep_before_run(err)
         result = experiment.run(overrides, progress=_progress(err))
         if _progress(err):
             err.write("\r\x1b[2K")
@@ -177,30 +178,51 @@ def lab_run(
 @lab_group.command("cleanup")
 @click.pass_context
 def lab_cleanup(ctx: click.Context) -> None:
-    """Remove leftovers of interrupted runs: tw-* namespaces (with their interfaces, nftables
-    tables and processes) and timewait-lab-* temp directories."""
-    from timewait.lab.experiments.apps import TMP_PREFIX
-    from timewait.lab.namespaces import PREFIX, cleanup_leftovers, require_root
+    """Remove what interrupted runs left (namespaces with their interfaces, nftables tables and
+    processes, temp directories): only what runs that are gone recorded, never anything of a
+    run still going. `timewait lab run` does the same before it starts."""
+    from timewait.lab.namespaces import require_root
+    from timewait.lab.owner import sweep
 
-    out, _ = _streams(ctx.obj)
+    out, err = _streams(ctx.obj)
     try:
         require_root()
-        removed = cleanup_leftovers(PREFIX)
+        swept = sweep()
     except TimewaitError as e:
         _fail(ctx, e)
-    dirs = []
-    for d in glob.glob(os.path.join("/tmp", f"{TMP_PREFIX}*")):
-        pid = os.path.basename(d)[len(TMP_PREFIX) :].split("-", 1)[0]
-        if pid.isdigit() and os.path.exists(f"/proc/{pid}"):
-            continue  # a run in progress
-        shutil.rmtree(d, ignore_errors=True)
-        dirs.append(d)
-    for name in removed:
-        out.write(f"removed namespace {name}\n")
-    for d in dirs:
-        out.write(f"removed directory {d}\n")
-    if not removed and not dirs:
+    for line in swept.removed:
+        out.write(f"removed {line}\n")
+    if not swept.removed:
         out.write("nothing to clean up\n")
+    if swept.live_runs:
+        pids = ", ".join(str(o.pid) for o in swept.live_runs)
+        out.write(f"left alone: what {len(swept.live_runs)} running lab run(s) hold (pid {pids})\n")
+    if swept.unrecorded:
+        out.write(
+            f"left alone: {len(swept.unrecorded)} tw-* namespace(s) with no owner record (made "
+            "by an older timewait or under another TIMEWAIT_LAB_STATE); `ip netns del NAME` "
+            "removes one that nothing uses\n"
+        )
+    if swept.failed:
+        for line in swept.failed:
+            err.write(f"timewait: could not remove {line}\n")
+        _fail(ctx, LabCleanupFailed(f"{len(swept.failed)} thing(s) could not be removed"))
+
+
+class LabCleanupFailed(TimewaitError):
+    """Some leftover could not be removed (the lines before say which, and why)."""
+
+
+def _sweep_before_run(err: TextIO) -> None:
+    """What runs that are gone left: removed before a new run starts (one line on stderr)."""
+    from timewait.lab.owner import sweep
+
+    swept = sweep()
+    if swept.removed:
+        err.write(
+            f"timewait lab: removed {len(swept.removed)} leftover(s) of interrupted runs "
+            f"({'; '.join(swept.removed[:3])}{'; ...' if len(swept.removed) > 3 else ''})\n"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

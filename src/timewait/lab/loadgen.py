@@ -40,7 +40,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from timewait.lab.namespaces import LabChildFailed, _die_with_parent, enter_for_good
+from timewait.lab import owner
+from timewait.lab.namespaces import LabChildFailed, enter_for_good, fork_child
 
 IP_BIND_ADDRESS_NO_PORT: Final = 24  # include/uapi/linux/in.h
 BIND_MODES: Final = ("none", "bind", "bind-no-port")
@@ -220,13 +221,10 @@ class LoadGen:
         """Fork the workers; attempts start `delay` s from now (time to fork and set up)."""
         self.start_ns = time.monotonic_ns() + int(delay * 1e9)
         for w in range(self.spec.procs):
-            pid = os.fork()
+            pid = fork_child(f"loadgen worker {w}")
             if pid == 0:  # pragma: no cover - child
                 code = 1
                 try:
-                    signal.signal(signal.SIGINT, signal.SIG_DFL)
-                    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                    _die_with_parent()
                     enter_for_good(self.ns)
                     view = memoryview(self._mem)[w * _SLOT.size : (w + 1) * _SLOT.size]
                     _worker(self.spec, w, self.start_ns, view)
@@ -264,6 +262,8 @@ class LoadGen:
                 got, _ = os.waitpid(pid, os.WNOHANG)
                 if got == 0:
                     alive = True
+                else:
+                    owner.child_gone(pid)
         return alive
 
     def wait(self, timeout: float | None = None) -> LoadResult:
@@ -274,6 +274,7 @@ class LoadGen:
             while True:
                 got, status = os.waitpid(pid, os.WNOHANG)
                 if got:
+                    owner.child_gone(pid)
                     if not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0):
                         bad.append(pid)
                     break
@@ -296,10 +297,15 @@ class LoadGen:
                 os.kill(pid, signal.SIGKILL)
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
+            owner.child_gone(pid)
         self.pids = []
 
     def __enter__(self) -> LoadGen:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:  # interrupted while forking: the workers made so far go too
+            self.stop()
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

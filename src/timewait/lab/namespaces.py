@@ -4,16 +4,26 @@ Theory of operation
 -------------------
 `throwaway_netns()` creates a named namespace with `ip netns add tw-<pid>-<random>` (so `ip
 netns exec`, `ss` and `timewait --netns` can all reach it), brings its loopback up, and removes
-it on every way out: normal exit, exception, Ctrl-C (KeyboardInterrupt) and SIGTERM (turned
-into SystemExit while the context is active, then the previous handler is restored). Processes
-still inside it are killed first (`ip netns pids`), so nothing keeps the namespace alive.
-`cleanup_leftovers()` removes every namespace with the prefix (after a SIGKILL, say): it is what
-`timewait lab cleanup` runs.
+it on every way out: normal exit, exception, Ctrl-C, SIGTERM and SIGHUP (a closed terminal, a
+dropped SSH session). While `signals_as_exit()` is active -- a lab run holds it for its whole
+length -- SIGTERM and SIGHUP raise SystemExit(128 + signal) and SIGINT KeyboardInterrupt, once:
+a second signal during the unwinding is ignored, so it cannot cut the cleanup short. Processes
+still inside the namespace are killed first (`ip netns pids`), so nothing keeps it alive.
+
+SIGKILL runs no cleanup, so everything made here is recorded first (lab.owner: the owner's pid
+and start time with each namespace, child, table and temp dir); `timewait lab cleanup` and the
+next `timewait lab run` remove what gone runs left and nothing of runs still going.
+`cleanup_leftovers(prefix)` is the blunt tool for tests with a private prefix: it deletes every
+namespace whose name starts with it.
 
 Code runs inside a namespace in a forked child that calls setns() first: `run_in_netns()`
 returns the function's result (pickled through a pipe); `NetnsProcess` keeps a child alive (it
-holds sockets: listeners, bound ports, peers that never close) until stopped. Children ask the
-kernel for SIGKILL when their parent dies (PR_SET_PDEATHSIG), so they never outlive the test.
+holds sockets: listeners, bound ports, peers that never close) until stopped. Every child comes
+from `fork_child()`: it asks the kernel for SIGKILL when its parent dies (PR_SET_PDEATHSIG, and
+exits at once if the parent died before that), and takes the default action on SIGINT, SIGTERM
+and SIGHUP, so a signal kills it instead of running the parent's handlers and `finally` blocks
+in a copy of the parent. PR_SET_PDEATHSIG fires when the *thread* that forked exits: fork from
+a thread that outlives the child (the main thread, in the lab).
 
 The network rule (DESIGN.md): traffic only inside namespaces created here, on their loopback.
 `write_sysctl()` refuses to write unless the calling thread is in a namespace other than the
@@ -36,6 +46,7 @@ from types import FrameType
 from typing import Any, Final
 
 from timewait.errors import TimewaitError
+from timewait.lab import owner
 from timewait.live import netns as _netns
 
 PREFIX: Final = "tw-"
@@ -80,9 +91,13 @@ def _kill_pids(name: str) -> None:
                 os.kill(int(tok), signal.SIGKILL)
 
 
+def netns_exists(name: str) -> bool:
+    return (Path(_netns.NETNS_RUN_DIR) / name).exists()
+
+
 def delete_netns(name: str) -> None:
     """Kill what runs inside `name`, then delete it; silent if it is already gone."""
-    if not (Path(_netns.NETNS_RUN_DIR) / name).exists():
+    if not netns_exists(name):
         return
     _kill_pids(name)
     res = _ip("netns", "del", name)
@@ -100,24 +115,44 @@ def cleanup_leftovers(prefix: str = PREFIX) -> list[str]:
     return names
 
 
+TERMINATING: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_state: dict[str, int] = {"depth": 0, "fired": 0}
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    if _state["fired"]:
+        return  # already unwinding: let the cleanup finish
+    _state["fired"] = 1
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise SystemExit(128 + signum)
+
+
 @contextlib.contextmanager
-def _sigterm_as_exit() -> Iterator[None]:
-    """SIGTERM raises SystemExit(143) so `finally` blocks run; restored afterwards."""
+def signals_as_exit() -> Iterator[None]:
+    """SIGTERM/SIGHUP raise SystemExit(128 + signal), SIGINT KeyboardInterrupt, so `finally`
+    blocks run; later signals are ignored until the outermost block exits. Nests; main thread
+    only (elsewhere a no-op). A signal that was ignored (nohup) stays ignored."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise SystemExit(128 + signum)
-
-    old = signal.signal(signal.SIGTERM, handler)
+    old: dict[signal.Signals, Any] = {}
+    if _state["depth"] == 0:
+        _state["fired"] = 0
+        for sig in TERMINATING:
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                old[sig] = signal.signal(sig, _on_signal)
+    _state["depth"] += 1
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, old)
+        _state["depth"] -= 1
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
-sigterm_as_exit = _sigterm_as_exit  # public name, for code that creates several namespaces
+# Old names, for code that creates several namespaces.
+sigterm_as_exit = _sigterm_as_exit = signals_as_exit
 
 
 def veth_pair(ns_a: str, addr_a: str, ns_b: str, addr_b: str, plen: int = 24) -> tuple[str, str]:
@@ -154,25 +189,94 @@ def throwaway_netns(prefix: str = PREFIX) -> Iterator[str]:
     """A fresh named network namespace with lo up; deleted on exit, error, Ctrl-C or SIGTERM."""
     require_root()
     name = f"{prefix}{os.getpid()}-{secrets.token_hex(3)}"
-    with _sigterm_as_exit():
-        res = _ip("netns", "add", name)
-        if res.returncode != 0:
-            raise LabUnavailable(f"`ip netns add {name}` failed: {res.stderr.strip()}")
+    with signals_as_exit():
+        owner.record("netns", name)  # before it exists: a SIGKILL at any point leaves a record
         try:
+            res = _ip("netns", "add", name)
+            if res.returncode != 0:
+                raise LabUnavailable(f"`ip netns add {name}` failed: {res.stderr.strip()}")
             res = _ip("-n", name, "link", "set", "lo", "up")
             if res.returncode != 0:
                 raise LabUnavailable(f"could not bring lo up in {name}: {res.stderr.strip()}")
             yield name
         finally:
             delete_netns(name)
+            owner.forget("netns", name)
 
 
 # -- running code inside a namespace ---------------------------------------------------------
 
 
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+_PRCTL: list[Any] = []
+
+
+def _prctl() -> Any:
+    """libc prctl, looked up once in the parent (a forked child should not dlopen)."""
+    if not _PRCTL:
+        _PRCTL.append(ctypes.CDLL(None, use_errno=True).prctl)
+    return _PRCTL[0]
+
+
+def _die_with_parent(parent: int | None = None) -> None:
+    """In a child: SIGKILL when the parent dies; exit now if `parent` is gone already."""
+    _prctl()(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if parent is not None and os.getppid() != parent:
+        os._exit(1)  # the parent died between fork() and prctl(): nobody will stop us
+
+
+def fork_child(what: str = "lab child") -> int:
+    """os.fork() for the lab: returns 0 in the child, the child's pid in the parent.
+
+    The child dies with its parent (PR_SET_PDEATHSIG), and INT/TERM/HUP take their default
+    action in it (signals are blocked across the fork, so none can run a parent's handler in
+    the child). The parent records the child (lab.owner); `reap(pid)` waits for it and drops
+    the record.
+    """
+    parent = os.getpid()
+    _prctl()
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, TERMINATING)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        try:
+            for s in TERMINATING:
+                signal.signal(s, signal.SIG_DFL)
+            _state["fired"], _state["depth"] = 0, 0
+            _die_with_parent(parent)
+        except BaseException:
+            os._exit(1)
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        return 0
+    signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    owner.child_started(pid, what)
+    return pid
+
+
+def reap(pid: int, flags: int = 0) -> int | None:
+    """waitpid() a child of fork_child() and drop its record; returns its status (None: still
+    running with WNOHANG, or reaped already)."""
+    try:
+        got, status = os.waitpid(pid, flags)
+    except ChildProcessError:
+        owner.child_gone(pid)
+        return None
+    if got == 0:
+        return None
+    owner.child_gone(pid)
+    return status
+
+
+def exec_dies_with_parent() -> Callable[[], None]:
+    """A Popen preexec_fn: the program dies with us (PR_SET_PDEATHSIG survives execve of a
+    program that is not set-user-ID), or does not start if we died before it could ask."""
+    parent = os.getpid()
+    prctl = _prctl()
+
+    def preexec() -> None:  # pragma: no cover - runs in the child
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return preexec
 
 
 def enter_for_good(name_or_path: str) -> None:
@@ -201,7 +305,6 @@ def write_sysctl(name: str, value: str) -> None:
 def _child_main(name: str, fn: Callable[..., Any], args: tuple[Any, ...], wfd: int) -> None:
     code = 0
     try:
-        _die_with_parent()
         enter_for_good(name)
         result: tuple[str, Any] = ("ok", fn(*args))
     except BaseException as e:
@@ -223,25 +326,42 @@ def run_in_netns(name: str, fn: Callable[..., Any], *args: Any, timeout: float =
     Raises LabChildFailed with the child's exception text, or on timeout (the child is killed).
     """
     rfd, wfd = os.pipe()
-    pid = os.fork()
+    pid = fork_child(f"run_in_netns {getattr(fn, '__name__', 'fn')}")
     if pid == 0:  # pragma: no cover - child
-        os.close(rfd)
-        _child_main(name, fn, args, wfd)
-    os.close(wfd)
-    with os.fdopen(rfd, "rb") as r:
-        timer = threading.Timer(timeout, lambda: _kill_quietly(pid))
-        timer.start()
         try:
-            data = r.read()
+            os.close(rfd)
+            _child_main(name, fn, args, wfd)
         finally:
-            timer.cancel()
-    _, status = os.waitpid(pid, 0)
+            os._exit(1)
+    os.close(wfd)
+    try:
+        with os.fdopen(rfd, "rb") as r:
+            timer = _watchdog(timeout, pid)
+            try:
+                data = r.read()
+            finally:
+                timer.cancel()
+    except BaseException:  # interrupted (a signal): the child goes with us
+        _kill_quietly(pid)
+        reap(pid)
+        raise
+    status = reap(pid) or 0
     if not data:
         raise LabChildFailed(f"child in {name} died ({_describe(status)}) without a result")
     kind, value = pickle.loads(data)
     if kind != "ok":
         raise LabChildFailed(f"inside {name}: {value}")
     return value
+
+
+def _watchdog(timeout: float, pid: int) -> threading.Timer:
+    """A started timer that kills `pid` after `timeout` s unless cancelled. A daemon thread:
+    a signal can interrupt start() after the thread is running, before the caller's `try`
+    that cancels it, and a non-daemon timer then holds the process at exit for `timeout` s."""
+    timer = threading.Timer(timeout, lambda: _kill_quietly(pid))
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 def _kill_quietly(pid: int) -> None:
@@ -275,22 +395,28 @@ class NetnsProcess:
     def start(self, timeout: float = 120.0) -> Any:
         rfd, wfd = os.pipe()
         ctl_r, ctl_w = os.pipe()
-        pid = os.fork()
+        pid = fork_child(f"NetnsProcess {getattr(self.fn, '__name__', 'fn')}")
         if pid == 0:  # pragma: no cover - child
-            os.close(rfd)
-            os.close(ctl_w)
-            self._child(wfd, ctl_r)
+            try:
+                os.close(rfd)
+                os.close(ctl_w)
+                self._child(wfd, ctl_r)
+            finally:
+                os._exit(1)
         os.close(wfd)
         os.close(ctl_r)
         self.pid = pid
         self._ctl_w = ctl_w
-        with os.fdopen(rfd, "rb") as r:
-            timer = threading.Timer(timeout, lambda: _kill_quietly(pid))
-            timer.start()
-            try:
-                data = r.read()
-            finally:
-                timer.cancel()
+        try:
+            with os.fdopen(rfd, "rb") as r:
+                timer = _watchdog(timeout, pid)
+                try:
+                    data = r.read()
+                finally:
+                    timer.cancel()
+        except BaseException:  # interrupted (a signal): the child goes with us
+            self.stop()
+            raise
         if not data:
             self.stop()
             raise LabChildFailed(f"child in {self.name} died before reporting")
@@ -303,7 +429,6 @@ class NetnsProcess:
 
     def _child(self, wfd: int, ctl_r: int) -> None:  # pragma: no cover - child
         try:
-            _die_with_parent()
             enter_for_good(self.name)
             report, keep = self.fn(*self.args)
             data = pickle.dumps(("ok", report))
@@ -324,8 +449,7 @@ class NetnsProcess:
             self._ctl_w = -1
         if self.pid:
             _kill_quietly(self.pid)
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(self.pid, 0)
+            reap(self.pid)
             self.pid = 0
 
     def __enter__(self) -> NetnsProcess:

@@ -5,9 +5,9 @@ Theory of operation
 `nft` runs inside the namespace (`ip netns exec NS nft ...`), so the rules live in that
 namespace's own ruleset and nothing ever touches the host's. `NftTable` loads a table from
 ruleset text (`nft -f -`), reads its named counters (`nft -j list counters table ...`) and
-deletes the table when the context ends -- and the table would vanish with its namespace
-anyway, so a SIGKILLed run leaves nothing behind once `timewait lab cleanup` removes the
-namespace.
+deletes the table when the context ends. The table is recorded (lab.owner) before it is loaded
+and would vanish with its namespace anyway, so a SIGKILLed run leaves nothing behind once
+`timewait lab cleanup` (or the next `timewait lab run`) has swept what the run left.
 
 Table names are `tw_<pid>_<random>` (nft identifiers take no '-'); `PREFIX` is what cleanup
 looks for.
@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Final
 
+from timewait.lab import owner
 from timewait.lab.namespaces import LabUnavailable
 
 PREFIX: Final = "tw_"
@@ -67,7 +68,13 @@ class NftTable:
         self.loaded = False
 
     def load(self) -> NftTable:
-        _nft(self.ns, "-f", "-", stdin=f"table inet {self.name} {{\n{self.body}\n}}\n")
+        key = f"{self.ns}/{self.name}"
+        owner.record("nft", key, netns=self.ns, table=self.name)
+        try:
+            _nft(self.ns, "-f", "-", stdin=f"table inet {self.name} {{\n{self.body}\n}}\n")
+        except BaseException:
+            owner.forget("nft", key)
+            raise
         self.loaded = True
         return self
 
@@ -85,7 +92,12 @@ class NftTable:
     def delete(self) -> None:
         if self.loaded:
             self.loaded = False
-            _nft(self.ns, "delete", "table", "inet", self.name)
+            try:
+                _nft(self.ns, "delete", "table", "inet", self.name)
+            finally:
+                # Deleted, or its namespace is gone (and the table with it); if nft failed for
+                # another reason, the namespace's deletion takes the table anyway.
+                owner.forget("nft", f"{self.ns}/{self.name}")
 
     def __enter__(self) -> NftTable:
         return self.load()

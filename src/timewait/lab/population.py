@@ -30,14 +30,23 @@ machine (Linux 6.18.44, 4 processes, no data sent): 70-130k connections/s, so 20
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from timewait.lab.namespaces import NetnsProcess, run_in_netns, write_sysctl
+from timewait.lab.namespaces import (
+    NetnsProcess,
+    enter_for_good,
+    fork_child,
+    reap,
+    run_in_netns,
+    write_sysctl,
+)
 
 Quad = tuple[str, int, str, int]  # (src, sport, dst, dport) as the socket's owner sees it
 
@@ -283,14 +292,11 @@ def mass_time_wait(
     pids: list[tuple[int, int]] = []
     for i, n in enumerate(per):
         r, w = os.pipe()
-        pid = os.fork()
+        pid = fork_child("mass TIME_WAIT worker")
         if pid == 0:  # pragma: no cover - child
             os.close(r)
             code = 1
             try:
-                from timewait.lab.namespaces import _die_with_parent, enter_for_good
-
-                _die_with_parent()
                 enter_for_good(name)
                 made = _mass_worker(20000 + i * ports_per_proc, ports_per_proc, n)
                 os.write(w, str(made).encode())
@@ -300,11 +306,18 @@ def mass_time_wait(
         os.close(w)
         pids.append((pid, r))
     made = 0
-    for pid, r in pids:
-        with os.fdopen(r, "rb") as f:
-            data = f.read()
-        os.waitpid(pid, 0)
-        made += int(data or b"0")
+    try:
+        for pid, r in pids:
+            with os.fdopen(r, "rb") as f:
+                data = f.read()
+            reap(pid)
+            made += int(data or b"0")
+    except BaseException:  # interrupted: the workers go with us
+        for pid, _ in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            reap(pid)
+        raise
     if made != total:
         from timewait.lab.namespaces import LabChildFailed
 

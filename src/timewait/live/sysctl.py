@@ -39,3 +39,17 @@ def read_config(root: str = SYSCTL_DIR) -> tuple[KernelConfig, tuple[str, ...]]:
         for name in missing
     )
     return KernelConfig.from_sysctl(values), notes
+
+
+def read_config_of(
+    netns: str | None = None, pid: int | None = None
+) -> tuple[KernelConfig, tuple[str, ...], str]:
+    """(config, notes, label) of the live settings of a namespace: --netns NAME|PATH, --pid,
+    or the caller's own. Raises NamespaceNotFound / NeedRoot (one line) like capture()."""
+    from timewait.live import netns as _netns
+
+    target = _netns.resolve(netns=netns, pid=pid)
+    with _netns.entered(target):
+        config, notes = read_config()
+        label = target.label if target else _netns.own_label()
+    return config, notes, label

@@ -20,15 +20,14 @@ import contextlib
 import errno
 import os
 import random
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from typing import Any
 
 from timewait.config import KernelConfig
 from timewait.lab import compare as cmp
+from timewait.lab import owner
 from timewait.lab.experiments.base import (
     NGINX,
     Experiment,
@@ -42,7 +41,13 @@ from timewait.lab.experiments.base import (
     set_sysctls,
 )
 from timewait.lab.experiments.registry import register
-from timewait.lab.namespaces import LabChildFailed, NetnsProcess, run_in_netns, throwaway_netns
+from timewait.lab.namespaces import (
+    LabChildFailed,
+    NetnsProcess,
+    exec_dies_with_parent,
+    run_in_netns,
+    throwaway_netns,
+)
 from timewait.live.capture import capture
 from timewait.sim.flow import FlowWorkload, simulate
 from timewait.sim.scenario import Param, ParamValue, Series
@@ -52,7 +57,7 @@ from timewait.units import SEC, from_seconds
 
 HTTP_PORT = 8080
 BACKEND_PORT = 9000
-TMP_PREFIX = "timewait-lab-"
+TMP_PREFIX = owner.TMP_PREFIX
 
 
 # -- the HTTP server and clients (run inside the namespace) -------------------------------------
@@ -321,21 +326,34 @@ def _wait_port(port: int, timeout: float) -> bool:
     return False
 
 
+UNSHARE = "unshare"  # util-linux
+
+
 @contextlib.contextmanager
 def running_nginx(ns: str, keepalive: int) -> Any:
-    """nginx inside `ns` with its own config and temp dir; killed and removed on exit."""
-    d = tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-")
+    """nginx inside `ns` with its own config and temp dir; killed and removed on exit.
+
+    nginx's master would outlive a SIGKILLed run (and its workers outlive the master), so it
+    runs as PID 1 of a PID namespace of its own: `unshare --pid --fork --kill-child` forks it
+    with PR_SET_PDEATHSIG, and unshare itself gets PR_SET_PDEATHSIG from us. When we die, by
+    any signal, the kernel kills unshare, then the master, and with the namespace's init every
+    worker. The temp dir and the process are recorded (lab.owner) for `timewait lab cleanup`.
+    """
+    d = owner.make_temp_dir()
     proc: subprocess.Popen[bytes] | None = None
     try:
         conf = os.path.join(d, "nginx.conf")
         with open(conf, "w") as f:
             f.write(nginx_conf(d, keepalive))
         proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, NGINX, "-c", conf, "-p", d, "-e", f"{d}/error.log"],
+            [UNSHARE, "--pid", "--fork", "--kill-child", "ip", "netns", "exec", ns,
+             NGINX, "-c", conf, "-p", d, "-e", f"{d}/error.log"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             start_new_session=True,  # Ctrl-C on our terminal goes to us; we stop nginx
-        )
+            preexec_fn=exec_dies_with_parent(),  # only a prctl() call
+        )  # fmt: skip
+        owner.child_started(proc.pid, "nginx", group=True)
         if not run_in_netns(ns, _wait_port, HTTP_PORT, 10.0):
             err = proc.stderr.read().decode(errors="replace") if proc.poll() is not None and \
                 proc.stderr else ""  # fmt: skip
@@ -351,9 +369,10 @@ def running_nginx(ns: str, keepalive: int) -> Any:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+            owner.child_gone(proc.pid)
             if proc.stderr:
                 proc.stderr.close()
-        shutil.rmtree(d, ignore_errors=True)
+        owner.remove_temp_dir(d)
 
 
 def _packet_backend_churn(rate: float, duration: float) -> tuple[int, int, int]:

@@ -3,9 +3,9 @@
 Theory of operation
 -------------------
 An `Experiment` asks one question of the TIME_WAIT story of the running kernel. `run()` checks
-root (and nft/nginx when needed), turns SIGTERM into SystemExit for the whole run (so every
-`finally` that deletes a namespace, an nft table, a process or a temp dir runs), then calls the
-experiment's function, which
+root (and nft/nginx when needed), turns SIGTERM and SIGHUP into SystemExit for the whole run
+(lab.namespaces.signals_as_exit: every `finally` that deletes a namespace, an nft table, a
+process or a temp dir runs), then calls the experiment's function, which
 
 1. creates its own throwaway namespaces (`lab.namespaces.throwaway_netns`), writes sysctls only
    inside them, and drives traffic on their loopback or on a veth pair between two of them
@@ -32,9 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from timewait.errors import TimewaitError
+from timewait.config import KernelConfig
+from timewait.errors import ConfigError, TimewaitError
 from timewait.lab import compare as cmp
-from timewait.lab.namespaces import LabUnavailable, _sigterm_as_exit, require_root, write_sysctl
+from timewait.lab.namespaces import LabUnavailable, require_root, signals_as_exit, write_sysctl
 from timewait.live.capture import capture
 from timewait.sim.scenario import Param, ParamValue, ScenarioError, ScenarioResult, Series
 from timewait.snapshot import TCP_TIME_WAIT, Snapshot
@@ -121,6 +122,8 @@ class Experiment:
                 values[key] = by_name[key].parse(text)
             except ScenarioError as e:
                 raise LabError(str(e)) from None
+        if "port_range" in values:
+            check_port_range(str(values["port_range"]))
         return values
 
     def run(
@@ -133,10 +136,32 @@ class Experiment:
         require_root()
         check_tools(self.needs)
         t0 = time.monotonic()
-        with _sigterm_as_exit():
+        with signals_as_exit():
             result = self.run_fn(params, progress or _quiet)
         result.elapsed_s = time.monotonic() - t0
         return result
+
+
+def check_port_range(text: str) -> tuple[int, int]:
+    """A port_range parameter as Linux takes it for ip_local_port_range, or LabError naming
+    what is wrong: the ends swapped, an end that is no port, a low end below 1024."""
+    from timewait.sim.scenarios.flow import parse_range
+
+    try:
+        low, high = parse_range(text)
+    except ScenarioError as e:
+        raise LabError(str(e)) from None
+    example = "give LOW-HIGH, e.g. 40000-40999"
+    if low > high:
+        raise LabError(
+            f"parameter port_range={text}: the low end {low} is above the high end {high} "
+            f"({example})"
+        )
+    try:
+        KernelConfig(ip_local_port_range=(low, high))
+    except ConfigError as e:  # an end outside 1..65535, or below ip_unprivileged_port_start
+        raise LabError(f"parameter port_range={text}: {e.allowed} ({example})") from None
+    return low, high
 
 
 NGINX = "/usr/sbin/nginx"
@@ -153,6 +178,11 @@ def check_tools(needs: Sequence[str]) -> None:
             raise LabUnavailable(
                 f"this experiment needs nginx ({NGINX}): run `bash scripts/system-packages.sh` "
                 "(installs nginx-light without starting the service)"
+            )
+        if tool == "nginx" and shutil.which("unshare") is None:
+            raise LabUnavailable(
+                "this experiment needs unshare(1) to keep nginx from outliving the run: "
+                "apt-get install util-linux"
             )
 
 
