@@ -10,6 +10,7 @@ import contextlib
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from itertools import accumulate
 from typing import Any
 
 import pytest
@@ -31,9 +32,11 @@ from timewait.model.events import (
     DataReceived,
     PeerClosed,
 )
+from timewait.model.rtt import HZ
 from timewait.model.segment import Flags, Segment
 from timewait.model.seq import seq_add
 from timewait.model.states import TcpState
+from timewait.model.timerwheel import mean_fire_delay
 from timewait.model.transitions import TRANSITIONS, Input, transition_table_rows
 from timewait.units import MS, SEC
 
@@ -64,6 +67,11 @@ L = LOCAL_ISS
 R = REMOTE_ISS
 
 
+def fire(timeout: int) -> int:
+    """When a timer armed for `timeout` fires, on average (K timer wheel, HZ=250)."""
+    return mean_fire_delay(timeout, HZ)
+
+
 def states(conn: Connection) -> list[tuple[TcpState, TcpState]]:
     return [(old, new) for _, old, new in conn.history]
 
@@ -77,7 +85,8 @@ def test_connect_sends_syn_and_enters_syn_sent() -> None:
     c.connect(0)
     assert c.state is S.SYN_SENT and c.counters[C.ACTIVE_OPENS] == 1
     expect_sent(c, [to_peer(c, seq=L, ack=0, flags=F.SYN)])
-    assert c.next_deadline() == 1 * SEC
+    # 1 s = 250 jiffies, on the timer wheel's next 8-jiffy bucket: 16 ms late on average
+    assert c.next_deadline() == fire(1 * SEC) == 1016 * MS
 
 
 def test_syn_ack_establishes_and_is_acked() -> None:
@@ -246,13 +255,15 @@ def test_data_retransmitted_on_rto_with_exponential_backoff() -> None:
         deadlines.append(d)
         c.on_timer(d)
         expect_sent(c, [seg], t=d)
-    assert deadlines == [200 * MS, 600 * MS, 1400 * MS, 3000 * MS]
+    # 200 ms << n, each fired on the timer wheel (timerwheel.mean_fire_delay())
+    assert deadlines == list(accumulate(fire(200 * MS << i) for i in range(4)))
+    assert deadlines[0] == 202 * MS
     assert c.counters[C.RETRANS_SEGS] == 4
     send(c, from_peer(c), t=4 * SEC)
     assert c.next_deadline() is None
     c.send(b"more", 5 * SEC)
     # Karn: the ACK covered retransmitted data, no RTT sample, so the backed-off RTO stays.
-    assert c.next_deadline() == 5 * SEC + 3200 * MS
+    assert c.next_deadline() == 5 * SEC + fire(3200 * MS)
 
 
 def test_rto_backoff_is_capped_at_tcp_rto_max() -> None:
@@ -267,7 +278,8 @@ def test_rto_backoff_is_capped_at_tcp_rto_max() -> None:
         gaps.append(d - last)
         last = d
         c.on_timer(d)
-    assert gaps == [200 * MS << i for i in range(10)] + [120 * SEC, 120 * SEC]
+    want = [200 * MS << i for i in range(10)] + [120 * SEC, 120 * SEC]
+    assert gaps == [fire(g) for g in want]
 
 
 def test_syn_retransmissions_are_linear_then_exponential() -> None:
@@ -283,7 +295,9 @@ def test_syn_retransmissions_are_linear_then_exponential() -> None:
         fired.append(d)
         if c.state is S.SYN_SENT:
             expect_sent(c, [to_peer(c, seq=L, ack=0, flags=F.SYN)], t=d)
-    assert fired == [s * SEC for s in (1, 2, 3, 4, 5, 7, 11, 19, 35, 67, 131)]
+    secs = (1, 2, 3, 4, 5, 7, 11, 19, 35, 67, 131)
+    rtos = [b - a for a, b in zip((0, *secs), secs, strict=False)]
+    assert fired == list(accumulate(fire(r * SEC) for r in rtos))
     assert c.state is S.CLOSED and events(c) == [ConnectionTimedOut, Closed]
     assert c.counters[C.RETRANS_SEGS] == 10 and c.counters[C.ATTEMPT_FAILS] == 1
 
@@ -310,7 +324,8 @@ def test_data_retransmissions_give_up_after_tcp_retries2_time_budget() -> None:
         assert d is not None
         last = d
         c.on_timer(d)
-    assert last == 924_600 * MS
+    # 924.6 s of nominal timeouts, each fired on the timer wheel: 16 firings in all
+    assert last == sum(fire(min(200 * MS << i, 120 * SEC)) for i in range(16))
     assert c.counters[C.RETRANS_SEGS] == 15 and c.counters[C.ABORT_ON_TIMEOUT] == 1
     assert c.state is S.CLOSED and events(c) == [ConnectionTimedOut, Closed]
     assert all(not s.rst for s in c.segments_to_send(0))
@@ -326,7 +341,8 @@ def test_orphan_retransmissions_get_a_shorter_budget() -> None:
         assert d is not None
         last = d
         c.on_timer(d)
-    assert last == 102_200 * MS and c.counters[C.RETRANS_SEGS] == 8
+    assert last == sum(fire(200 * MS << i) for i in range(9))
+    assert c.counters[C.RETRANS_SEGS] == 8
 
 
 # -- closing ---------------------------------------------------------------------------------
@@ -613,10 +629,10 @@ def test_syn_sent_unacceptable_ack_gets_rst_and_fast_syn_retransmit() -> None:
     assert c.next_deadline() == 100 * MS + TCP_TIMEOUT_MIN == 108 * MS
     c.on_timer(108 * MS)
     expect_sent(c, [to_peer(c, seq=L, ack=0, flags=F.SYN)])
-    assert c.next_deadline() == 108 * MS + 1 * SEC  # linear: the SYN's RTO stays 1 s
+    assert c.next_deadline() == 108 * MS + fire(1 * SEC)  # linear: the RTO stays 1 s
     # Once retransmitted, another unacceptable ACK does not pull the timer in again.
     send(c, from_peer(c, seq=R, ack=12345), t=200 * MS)
-    assert c.next_deadline() == 108 * MS + 1 * SEC
+    assert c.next_deadline() == 108 * MS + fire(1 * SEC)
 
 
 def test_syn_in_established_gets_challenge_ack() -> None:

@@ -8,11 +8,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from timewait.model.rtt import (
+    JIFFY,
     TCP_RTO_MAX,
     TCP_RTO_MIN,
     TCP_TIMEOUT_FALLBACK,
     TCP_TIMEOUT_INIT,
     RttEstimator,
+    jiffies_ceil,
     model_timeout,
 )
 from timewait.units import MS, SEC, US
@@ -25,11 +27,12 @@ def test_rto_starts_at_one_second() -> None:
 
 def test_tcp_rtt_estimator_first_sample_gives_rtt_plus_rto_min() -> None:
     """K tcp_rtt_estimator() first sample: srtt = m, rttvar = max(2m, TCP_RTO_MIN), so a LAN
-    round trip of 10 ms gives an RTO of 210 ms (probe rto-data-rtt-based)."""
+    round trip of 10 ms gives an RTO of 210 ms, 212 ms in whole jiffies (tcp_set_rto():
+    usecs_to_jiffies() rounds up; probe rto-data-rtt-based)."""
     r = RttEstimator()
     r.sample(10 * MS, snd_una=1, snd_nxt=1)
     assert r.srtt == 10 * MS
-    assert r.rto == 10 * MS + TCP_RTO_MIN
+    assert r.rto == 212 * MS
 
 
 def test_tcp_rtt_estimator_large_first_sample_gives_three_rtt() -> None:
@@ -50,11 +53,11 @@ def test_tcp_rtt_estimator_smooths_by_an_eighth() -> None:
 
 def test_tcp_rtt_estimator_rttvar_never_below_rto_min() -> None:
     """K tcp_rtt_estimator(): mdev_max starts each round at TCP_RTO_MIN, so however steady a
-    sub-millisecond RTT, the RTO stays above 200 ms."""
+    sub-millisecond RTT, the RTO stays above 200 ms: 204 ms, the next whole jiffy at HZ=250."""
     r = RttEstimator()
     for i in range(50):
         r.sample(100 * US, snd_una=i + 1, snd_nxt=i + 2)
-    assert TCP_RTO_MIN <= r.rto < TCP_RTO_MIN + 1 * MS
+    assert r.rto == TCP_RTO_MIN + JIFFY
 
 
 def test_tcp_set_rto_caps_at_rto_max() -> None:
@@ -73,7 +76,7 @@ def test_tcp_init_metrics_fallback_is_three_seconds_without_a_sample() -> None:
     r2 = RttEstimator()
     r2.sample(5 * MS, snd_una=1, snd_nxt=1)
     r2.fallback()
-    assert r2.rto == 205 * MS
+    assert r2.rto == 208 * MS  # 205 ms rounded up to jiffies
 
 
 def test_tcp_retransmit_timer_doubles_the_rto_and_a_sample_ends_backoff() -> None:
@@ -83,7 +86,7 @@ def test_tcp_retransmit_timer_doubles_the_rto_and_a_sample_ends_backoff() -> Non
     r.sample(10 * MS, snd_una=1, snd_nxt=1)
     r.backoff()
     r.backoff()
-    assert r.rto == 4 * 210 * MS and r.backoffs == 2
+    assert r.rto == 4 * 212 * MS and r.backoffs == 2
     for _ in range(20):
         r.backoff()
     assert r.rto == TCP_RTO_MAX
@@ -110,3 +113,15 @@ def test_tcp_set_rto_is_bounded_for_any_samples(samples: list[int]) -> None:
     assert r.rto <= TCP_RTO_MAX
     assert r.rto >= min(r.srtt + TCP_RTO_MIN, TCP_RTO_MAX)
     assert min(samples) - 1 * MS <= r.srtt <= max(samples)
+
+
+@given(st.lists(st.integers(1 * US, 5 * SEC), min_size=1, max_size=10))
+def test_tcp_set_rto_is_whole_jiffies(samples: list[int]) -> None:
+    """K __tcp_set_rto(): usecs_to_jiffies() -- the RTO is a whole number of 4 ms ticks, and
+    backoff keeps it one (so a retransmission chain does not drift from the kernel's)."""
+    r = RttEstimator()
+    for i, m in enumerate(samples):
+        r.sample(m, snd_una=i + 1, snd_nxt=i + 2)
+    assert r.rto % JIFFY == 0 and r.rto == jiffies_ceil(r.rto)
+    r.backoff()
+    assert r.rto % JIFFY == 0

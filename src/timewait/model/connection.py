@@ -73,6 +73,7 @@ from timewait.model.events import (
 from timewait.model.minisock import fin_wait2_plan
 from timewait.model.outcome import UNHASH, HandOff, Outcome, StateChange, TableOp
 from timewait.model.rtt import (
+    HZ,
     TCP_RTO_MAX,
     TCP_RTO_MIN,
     TCP_TIMEOUT_INIT,
@@ -83,6 +84,7 @@ from timewait.model.segment import FIN_ACK, RST_ACK, SYN_ACK, Flags, FourTuple, 
 from timewait.model.seq import MASK, seq_add, seq_diff, seq_ge, seq_gt, seq_le, seq_lt
 from timewait.model.states import TcpState
 from timewait.model.tcp import TCP_PAWS_WINDOW, oow_rate_limited, paws_check, paws_reject
+from timewait.model.timerwheel import mean_fire_delay
 from timewait.model.transitions import Input, lookup
 from timewait.units import MS
 
@@ -260,6 +262,7 @@ class Connection:
         # When the segment first retransmitted was first sent (tp->retrans_stamp; None: 0).
         self._retrans_stamp: int | None = None
         self._rto_at: int | None = None
+        self._rto_lag = 0  # how much later than its armed expiry the RTO timer fires
         self._fw2_at: int | None = None  # keepalive timer of an orphaned FIN_WAIT_2 (ref 2.2)
         self._recovery: int | None = None  # snd_nxt when the last RTO fired
         self._events: deque[Event] = deque()
@@ -275,6 +278,15 @@ class Connection:
     def _rto(self) -> int:
         """icsk_rto: the current retransmission timeout (ns), backoff included."""
         return self.rtt.rto
+
+    def _rto_deadline(self, now: int) -> int:
+        """When a retransmission timer armed now fires: icsk_rto whole jiffies ahead, then on
+        the timer wheel's next bucket (half a tick late on average at 200 ms, 16 ms from about
+        256 ms on; timerwheel.mean_fire_delay()). sock_diag shows the armed expiry: `_rto_lag`
+        is the difference."""
+        fire = mean_fire_delay(self.rtt.rto, HZ)
+        self._rto_lag = fire - self.rtt.rto
+        return now + fire
 
     # -- opening ----------------------------------------------------------------------------
 
@@ -467,7 +479,7 @@ class Connection:
             rexmits = self._retransmits
             if self.state is SYN_RECEIVED and self._passive:
                 rexmits = self._req_rexmits  # inet_req_diag_fill(): req->num_retrans
-            return 1, max(0, self._rto_at - now) // MS, rexmits
+            return 1, max(0, self._rto_at - self._rto_lag - now) // MS, rexmits
         if self._fw2_at is not None:
             return 2, max(0, self._fw2_at - now) // MS, 0
         return 0, 0, 0
@@ -567,8 +579,10 @@ class Connection:
         self._finish()
 
     def _abort_orphan(self, seg: Segment, now: int) -> None:
-        """Data after close() (RFC 9293 §3.6.1 SHLD-3) or TCP_LINGER2 < 0: reply RST, CLOSED."""
+        """Data after close() or shutdown(SHUT_RD) (RFC 9293 §3.6.1 SHLD-3) or TCP_LINGER2 < 0:
+        reply RST, CLOSED; K tcp_reset() reports ECONNRESET to a descriptor still open."""
         self.counters[C.ABORT_ON_DATA] += 1
+        self._events.append(_EV_CONNECTIONRESET)
         self._reply_rst(seg)
         self._transition(Input.ORPHAN_ABORT, now)
         self._finish()
@@ -635,7 +649,7 @@ class Connection:
         self._req_rexmits += 1
         if self.state is not SYN_SENT or self._total_rto > TCP_SYN_LINEAR_TIMEOUTS:
             self.rtt.backoff()  # exponential, except the first SYNs (tcp_syn_linear_timeouts)
-        self._rto_at = now + self._rto
+        self._rto_at = self._rto_deadline(now)
         self._recovery = self.snd_nxt
 
     def _orphan_fin_wait_2(self, now: int) -> None:
@@ -747,13 +761,37 @@ class Connection:
             self.ack.data_sent(now)  # tcp_event_data_sent()
         self._emit(self._build(item, now))
         if self._rto_at is None:
-            self._rto_at = now + self._rto
+            self._rto_at = self._rto_deadline(now)
 
     def _retransmit(self, item: _Sent, now: int) -> None:
         self.counters[C.RETRANS_SEGS] += 1
+        self._collapse(item)
         item.retrans = True
         item.sent_at = now
         self._emit(self._build(item, now))
+
+    def _collapse(self, item: _Sent) -> None:
+        """K tcp_output.c tcp_retrans_try_collapse() (tcp_retrans_collapse = 1): a segment
+        retransmitted with room to spare takes in the segments after it, while the total fits
+        one MSS and the peer's window; flags (PSH, FIN) are merged. So two small writes lost
+        together come back as one segment, and a lost FIN rides on lost data."""
+        if item.syn or not self._rtx or self._rtx[0] is not item:
+            return
+        wnd_end = seq_add(self.snd_una, self.snd_wnd)
+        space = min(seq_diff(wnd_end, item.seq), self._send_mss())
+        if len(item.payload) >= space:
+            return
+        space -= len(item.payload)
+        while len(self._rtx) > 1:
+            nxt = self._rtx[1]
+            space -= len(nxt.payload)
+            if space < 0 or seq_gt(nxt.end, wnd_end):
+                break
+            item.payload += nxt.payload
+            item.fin = item.fin or nxt.fin
+            item.psh = item.psh or nxt.psh
+            item.retrans = item.retrans or nxt.retrans  # TCPCB_EVER_RETRANS
+            del self._rtx[1]
 
     def _build(self, item: _Sent, now: int) -> Segment:
         if item.syn:
@@ -891,7 +929,7 @@ class Connection:
         self.snd_una = ack
         if advanced and self._clean_rtx_queue(ack, now, seg.tsecr):
             # tcp_set_xmit_timer() -> tcp_rearm_rto(): the RTO restarts from now.
-            self._rto_at = now + self._rto if self._rtx else None
+            self._rto_at = self._rto_deadline(now) if self._rtx else None
             if self._recovery is not None:
                 if self._rtx and seq_lt(ack, self._recovery):
                     # Recovering from an RTO: resend the next hole at once (tcp_process_loss()).
@@ -909,6 +947,7 @@ class Connection:
                 # TCP_TIMEOUT_MIN ("Previous FIN/ACK or RST/ACK might be ignored").
                 if self._retransmits == 0:
                     self._rto_at = now + TCP_TIMEOUT_MIN
+                    self._rto_lag = 0
                 self._reply_rst(seg)
                 return
             if (
@@ -997,7 +1036,7 @@ class Connection:
                 # with its current timeout (mod_timer_pending(), tcp_reqsk_timeout()).
                 self._retransmit(self._rtx[0], now)
                 self._req_rexmits += 1
-                self._rto_at = now + self._rto
+                self._rto_at = self._rto_deadline(now)
             return False
         if seg.has_ack and seg.ack != self.snd_nxt:
             # Not an ACK of our SYN-ACK: the listener answers it (tcp_v4_send_reset()).
@@ -1009,6 +1048,17 @@ class Connection:
                 self, seg, now, self.config, self.counters, C.ACK_SKIPPED_SYNRECV
             ):
                 # req->rsk_ops->send_ack(): SEQ = ISN + 1, ACK = rcv_nxt.
+                self._emit(self._segment(now, seq=self.snd_nxt, flags=Flags.ACK))
+            return False
+        if seg.rst and seg.seq != self.rcv_nxt:
+            # RFC 5961 §3.2 for a request too: an RST in the window but not at rcv_nxt draws a
+            # challenge ACK (under the request's out-of-window rate limit) and the request
+            # stays. The 6.18.19 source resets the request on any in-window RST; the 6.18.44
+            # kernel probed challenges it (probe synrecv-rst-in-window-challenge).
+            if not oow_rate_limited(
+                self, None, now, self.config, self.counters, C.ACK_SKIPPED_CHALLENGE
+            ):
+                self.counters[C.CHALLENGE_ACK] += 1
                 self._emit(self._segment(now, seq=self.snd_nxt, flags=Flags.ACK))
             return False
         syn = seg.syn and seg.seq != self.irs
@@ -1062,6 +1112,13 @@ class Connection:
                 # a challenge ACK, and the segment is dropped. (For ESTABLISHED the 6.18.19
                 # source drops an ACK of unsent data silently; the 6.18.44 kernel this was
                 # probed on sends the challenge ACK, counted in TCPChallengeACK: it is the judge.)
+                if r == _ACK_TOO_OLD and self._header_predicted(seg):
+                    # K tcp_rcv_established() fast path: the data is queued *before* tcp_ack()
+                    # looks at the ACK, so it stays, and the challenge ACK acknowledges it.
+                    self._data_queue(seg, now)
+                    self._challenge_ack(now)
+                    self._snd_checks(now)
+                    return
                 self._challenge_ack(now)
                 return
         if self._ack_state(seg, now, r):
@@ -1085,6 +1142,28 @@ class Connection:
             return
         self._data_queue(seg, now)
         self._snd_checks(now)
+
+    def _header_predicted(self, seg: Segment) -> bool:
+        """K tcp_rcv_established() header prediction (pred_flags, RFC 1323 / Van Jacobson)
+        for a data segment: ESTABLISHED, flags ACK (PSH aside), the expected header length
+        (timestamps as negotiated, TSval not older than ts_recent), seq == rcv_nxt, ack not
+        beyond snd_nxt, the window unchanged, no out-of-order queue -- and the socket's
+        forward-allocated memory covers the segment, or the kernel takes the slow path
+        (`skb->truesize > sk->sk_forward_alloc`). The model keeps no memory accounting; it
+        counts memory as allocated while sent data awaits its ACK or received data awaits a
+        read (probes est-data-too-old-ack-*), which is what the kernel showed."""
+        if self.state is not ESTABLISHED or not seg.payload or self._ofo:
+            return False
+        if seg.bits & ~0x08 != 0x10 or seg.seq != self.rcv_nxt or seq_gt(seg.ack, self.snd_nxt):
+            return False
+        if seg.window != self.snd_wnd:
+            return False
+        if self.ts_enabled:
+            if seg.tsval is None or seq_lt(seg.tsval, self.ts_recent or 0):
+                return False
+        elif seg.tsval is not None:
+            return False
+        return bool(self._rtx or self._unsent or self._rcv_buf)
 
     def _snd_checks(self, now: int) -> None:
         """tcp_data_snd_check() and tcp_ack_snd_check() (unless the socket is gone)."""

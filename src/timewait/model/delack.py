@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from timewait.model.rtt import TCP_RTO_MIN
+from timewait.model.rtt import JIFFY, TCP_RTO_MIN
 from timewait.units import MS
 
 # include/net/tcp.h, HZ=250 (the reference kernel, CONFIG_HZ in ref 0):
@@ -41,7 +41,6 @@ TCP_MAX_QUICKACKS: Final = 16
 TCP_MSS_DEFAULT: Final = 536  # RFC 1122 default MSS; tcp_initialize_rcv_mss() caps at it
 TCP_MIN_MSS: Final = 88
 TCP_PINGPONG_THRESH: Final = 1  # sysctl tcp_pingpong_thresh default
-JIFFY: Final = 4 * MS  # one tick at HZ=250
 TICK_LATENCY: Final = JIFFY // 2
 # K tcp_output.c tcp_delack_max(): min(TCP_DELACK_MAX, tcp_rto_min - 1 jiffy).
 DELACK_MAX: Final = min(TCP_DELACK_MAX, TCP_RTO_MIN - JIFFY)

@@ -385,6 +385,10 @@ class Host:
         """shutdown(2): SHUT_WR (the default) sends a FIN without orphaning (FIN_WAIT_2 then has
         no timeout, ref 2.2); SHUT_RD sends nothing (`read=True, write=False`)."""
         conn = self._conn(fd)
+        if self.state(fd) is TcpState.CLOSED:
+            # K af_inet.c inet_shutdown(): "case TCP_CLOSE: err = -ENOTCONN" (reset, timed out,
+            # or replaced by a TIME_WAIT minisocket).
+            raise NotConnected(f"fd {fd} is not connected")
         if read:
             conn.shutdown_read()
         if write:

@@ -15,8 +15,10 @@ timestamp when the ACK acknowledged something; the SYN-ACK's round trip seeds a 
 connection (tcp_synack_rtt_meas()). A handshake without any sample (its SYN or SYN-ACK was
 retransmitted) falls back to a 3 s RTO (K tcp_metrics.c tcp_init_metrics(), RFC 6298 5.7).
 
-The kernel keeps the RTO in jiffies (usecs_to_jiffies() rounds up: 4 ms steps at HZ=250); the
-model keeps nanoseconds, within the probe's timing tolerance of the kernel.
+The kernel keeps the RTO in jiffies: usecs_to_jiffies() rounds srtt + rttvar up to whole ticks
+(4 ms at HZ=250, the reference kernel), and backoff doubles that. The model does the same in
+nanoseconds (`jiffies_ceil()`), so a chain of retransmissions does not drift from the kernel's
+(probe fuzz finding: 209.5 ms -> 212 ms, then 424, 848 ms).
 """
 
 from __future__ import annotations
@@ -33,6 +35,13 @@ TCP_RTO_MAX: Final = 120 * SEC
 TCP_TIMEOUT_INIT: Final = 1 * SEC
 TCP_TIMEOUT_FALLBACK: Final = 3 * SEC
 _RTO_MIN_US: Final = TCP_RTO_MIN // US
+HZ: Final = 250  # CONFIG_HZ of the reference kernel (ref 0)
+JIFFY: Final = SEC // HZ  # one tick: 4 ms
+
+
+def jiffies_ceil(ns: int) -> int:
+    """`ns` rounded up to whole jiffies (K usecs_to_jiffies(), msecs_to_jiffies())."""
+    return -(-ns // JIFFY) * JIFFY
 
 
 class RttEstimator:
@@ -83,7 +92,8 @@ class RttEstimator:
             self.mdev_max_us = self.rttvar_us
             self.rtt_seq = snd_nxt
         self.srtt_us = max(1, srtt)
-        self.rto = min(((self.srtt_us >> 3) + self.rttvar_us) * US, TCP_RTO_MAX)  # tcp_set_rto()
+        # tcp_set_rto(): usecs_to_jiffies(srtt + rttvar), bounded by TCP_RTO_MAX
+        self.rto = min(jiffies_ceil(((self.srtt_us >> 3) + self.rttvar_us) * US), TCP_RTO_MAX)
         self.backoffs = 0
 
     def fallback(self) -> None:
