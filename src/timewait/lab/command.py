@@ -175,6 +175,91 @@ def lab_run(
         (err if as_json else out).write(f"plot written to {written}\n")
 
 
+@lab_group.command("probe")
+@click.argument("names", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: every verdict and its diffs.")
+@click.option("--list", "list_only", is_flag=True, help="List the corpus: name and rule.")
+@click.option("--record", is_flag=True,
+              help="Print each script with the kernel's answers (three runs each).")  # fmt: skip
+@click.option("--jobs", type=click.IntRange(1, 64), default=8, show_default=True,
+              help="Namespaces running at once.")  # fmt: skip
+@click.option("--verbose", "-v", is_flag=True, help="Show every segment of both sides.")
+@click.option("--fuzz", "fuzz_n", type=click.IntRange(1, 100_000), default=None,
+              help="Instead of the corpus: N random sequences (needs hypothesis); a "
+                   "disagreement is shrunk and printed as a script.")  # fmt: skip
+@click.option("--seed", "fuzz_seed", type=int, default=0, show_default=True,
+              help="First Hypothesis seed of --fuzz (one per job).")  # fmt: skip
+@click.pass_context
+def lab_probe(
+    ctx: click.Context,
+    names: tuple[str, ...],
+    as_json: bool,
+    list_only: bool,
+    record: bool,
+    jobs: int,
+    verbose: bool,
+    fuzz_n: int | None,
+    fuzz_seed: int,
+) -> None:
+    """Run conformance scripts on this kernel and on the model, segment by segment.
+
+    Each script (NAME from `--list`, or a path to a .probe file) runs in a namespace of its own
+    with a TUN device; exit status 1 if the kernel and the model disagree anywhere.
+    """
+    from timewait.lab.probe import report, runner
+
+    out, err = _streams(ctx.obj)
+    if fuzz_n is not None:
+        _probe_fuzz(ctx, fuzz_n, jobs, fuzz_seed, as_json)
+        return
+    try:
+        scripts = runner.choose(names)
+        if list_only:
+            report.render_list(scripts, out, as_json=as_json)
+            return
+        show = _progress(err)
+        result = report.run(scripts, jobs=jobs, progress=show, repeat=3 if record else 1)
+        if show:
+            err.write("\r\x1b[2K")
+    except TimewaitError as e:
+        _fail(ctx, e)
+    if record:
+        for text in result.recorded():
+            out.write(text)
+            out.write("\n")
+    elif as_json:
+        json.dump(result.to_json(), out, indent=2)
+        out.write("\n")
+    else:
+        report.render(result, out, verbose=verbose)
+    if not result.all_agree:
+        ctx.exit(int(ExitStatus.WARNING))
+
+
+def _probe_fuzz(ctx: click.Context, n: int, jobs: int, first_seed: int, as_json: bool) -> None:
+    out, err = _streams(ctx.obj)
+    try:
+        from timewait.lab.probe import fuzz
+    except ImportError as e:  # hypothesis is a development dependency
+        from timewait.lab.namespaces import LabUnavailable
+
+        _fail(ctx, LabUnavailable(f"--fuzz needs hypothesis (pip install hypothesis): {e}"))
+    show = _progress(err)
+    try:
+        res = fuzz.fuzz(n, jobs=jobs, base_seed=first_seed, progress=show)
+    except TimewaitError as e:
+        _fail(ctx, e)
+    if show:
+        err.write("\r\x1b[2K")
+    if as_json:
+        json.dump(fuzz.to_json(res), out, indent=2)
+        out.write("\n")
+    else:
+        out.write(fuzz.render(res) + "\n")
+    if res.failures or res.errors:
+        ctx.exit(int(ExitStatus.WARNING))
+
+
 @lab_group.command("cleanup")
 @click.pass_context
 def lab_cleanup(ctx: click.Context) -> None:
