@@ -1038,32 +1038,41 @@ class Connection:
                 self._req_rexmits += 1
                 self._rto_at = self._rto_deadline(now)
             return False
+        end = seq_add(seg.seq, seg.seg_len)
+        in_window = _in_window(seg.seq, end, self.rcv_nxt, seq_add(self.rcv_nxt, self.rcv_wnd))
+        if seg.rst:
+            # The 6.18.44 kernel probed checks an RST before the ACK (the 6.18.19 source checks
+            # the ACK first and resets the request on any in-window RST): outside the window
+            # or PAWS-rejected it is dropped; at rcv_nxt it resets the request whatever it
+            # acknowledges; elsewhere in the window it draws a challenge ACK (RFC 5961 §3.2)
+            # under the request's out-of-window rate limit, and the request stays (probes
+            # synrecv-rst-*).
+            if paws or not in_window:
+                return False
+            if seg.seq != self.rcv_nxt:
+                if not oow_rate_limited(
+                    self, None, now, self.config, self.counters, C.ACK_SKIPPED_CHALLENGE
+                ):
+                    self.counters[C.CHALLENGE_ACK] += 1
+                    self._emit(self._segment(now, seq=self.snd_nxt, flags=Flags.ACK))
+                return False
+            self.counters[C.EMBRYONIC_RSTS] += 1
+            self._transition(Input.RCV_RST, now)
+            self._finish()
+            return False
         if seg.has_ack and seg.ack != self.snd_nxt:
             # Not an ACK of our SYN-ACK: the listener answers it (tcp_v4_send_reset()).
             self._reply_rst(seg)
             return False
-        end = seq_add(seg.seq, seg.seg_len)
-        if paws or not _in_window(seg.seq, end, self.rcv_nxt, seq_add(self.rcv_nxt, self.rcv_wnd)):
-            if not seg.rst and not oow_rate_limited(
+        if paws or not in_window:
+            # req->rsk_ops->send_ack(): SEQ = ISN + 1, ACK = rcv_nxt.
+            if not oow_rate_limited(
                 self, seg, now, self.config, self.counters, C.ACK_SKIPPED_SYNRECV
             ):
-                # req->rsk_ops->send_ack(): SEQ = ISN + 1, ACK = rcv_nxt.
                 self._emit(self._segment(now, seq=self.snd_nxt, flags=Flags.ACK))
             return False
-        if seg.rst and seg.seq != self.rcv_nxt:
-            # RFC 5961 §3.2 for a request too: an RST in the window but not at rcv_nxt draws a
-            # challenge ACK (under the request's out-of-window rate limit) and the request
-            # stays. The 6.18.19 source resets the request on any in-window RST; the 6.18.44
-            # kernel probed challenges it (probe synrecv-rst-in-window-challenge).
-            if not oow_rate_limited(
-                self, None, now, self.config, self.counters, C.ACK_SKIPPED_CHALLENGE
-            ):
-                self.counters[C.CHALLENGE_ACK] += 1
-                self._emit(self._segment(now, seq=self.snd_nxt, flags=Flags.ACK))
-            return False
-        syn = seg.syn and seg.seq != self.irs
-        if seg.rst or syn:
-            # "embryonic_reset": the request goes; a SYN is answered with a RST.
+        if seg.syn and seg.seq != self.irs:
+            # "embryonic_reset": the request goes; a SYN in the window is answered with a RST.
             self.counters[C.EMBRYONIC_RSTS] += 1
             self._reply_rst(seg)
             self._transition(Input.RCV_RST, now)
@@ -1079,7 +1088,10 @@ class Connection:
             return False
         if seg.tsval is not None and self.ts_enabled and not seq_gt(seg.seq, self.rcv_nxt):
             self._store_ts_recent(seg.tsval, now)
-        # The child socket (tcp_create_openreq_child()): SYN-ACK acknowledged, its timer gone.
+        # The child socket (tcp_create_openreq_child()): SYN-ACK acknowledged, its timer gone,
+        # and the request's out-of-window rate-limit stamp left behind (the child is a clone of
+        # the listener, whose last_oow_ack_time is 0).
+        self.last_oow_ack_time = None
         # tcp_synack_rtt_meas(): the SYN-ACK's round trip if it was not retransmitted, else the
         # age of the echoed TSval.
         synack = self._rtx[0] if self._rtx and self._rtx[0].syn else None
@@ -1113,8 +1125,11 @@ class Connection:
                 # source drops an ACK of unsent data silently; the 6.18.44 kernel this was
                 # probed on sends the challenge ACK, counted in TCPChallengeACK: it is the judge.)
                 if r == _ACK_TOO_OLD and self._header_predicted(seg):
-                    # K tcp_rcv_established() fast path: the data is queued *before* tcp_ack()
-                    # looks at the ACK, so it stays, and the challenge ACK acknowledges it.
+                    # K tcp_rcv_established() fast path: TS.Recent is stored and the data
+                    # queued *before* tcp_ack() looks at the ACK, so both stay, and the
+                    # challenge ACK echoes the new TSval and acknowledges the data.
+                    if seg.tsval is not None and self.rcv_nxt == self.rcv_wup:
+                        self._store_ts_recent(seg.tsval, now)
                     self._data_queue(seg, now)
                     self._challenge_ack(now)
                     self._snd_checks(now)
@@ -1144,15 +1159,15 @@ class Connection:
         self._snd_checks(now)
 
     def _header_predicted(self, seg: Segment) -> bool:
-        """K tcp_rcv_established() header prediction (pred_flags, RFC 1323 / Van Jacobson)
-        for a data segment: ESTABLISHED, flags ACK (PSH aside), the expected header length
-        (timestamps as negotiated, TSval not older than ts_recent), seq == rcv_nxt, ack not
-        beyond snd_nxt, the window unchanged, no out-of-order queue -- and the socket's
+        """K tcp_rcv_established() header prediction (pred_flags, RFC 1323 / Van Jacobson):
+        ESTABLISHED, flags ACK (PSH aside), the expected header length (timestamps as
+        negotiated, TSval not older than ts_recent), seq == rcv_nxt, ack not beyond snd_nxt,
+        the window unchanged, no out-of-order queue -- and for data, the socket's
         forward-allocated memory covers the segment, or the kernel takes the slow path
         (`skb->truesize > sk->sk_forward_alloc`). The model keeps no memory accounting; it
         counts memory as allocated while sent data awaits its ACK or received data awaits a
         read (probes est-data-too-old-ack-*), which is what the kernel showed."""
-        if self.state is not ESTABLISHED or not seg.payload or self._ofo:
+        if self.state is not ESTABLISHED or self._ofo:
             return False
         if seg.bits & ~0x08 != 0x10 or seg.seq != self.rcv_nxt or seq_gt(seg.ack, self.snd_nxt):
             return False
@@ -1163,7 +1178,7 @@ class Connection:
                 return False
         elif seg.tsval is not None:
             return False
-        return bool(self._rtx or self._unsent or self._rcv_buf)
+        return not seg.payload or bool(self._rtx or self._unsent or self._rcv_buf)
 
     def _snd_checks(self, now: int) -> None:
         """tcp_data_snd_check() and tcp_ack_snd_check() (unless the socket is gone)."""

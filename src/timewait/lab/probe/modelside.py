@@ -55,7 +55,10 @@ class ModelSide:
         self.eof: dict[str, bool] = {}
         self.dumped_at = 0
         self.last_span = 0
-        self.fired: list[int] = []  # when a timer ran (the fuzzer avoids steps next to one)
+        # Every timer deadline seen (-> when first seen, about when it was armed) and when one
+        # ran: the fuzzer discards a sequence with a step next to one (fuzz.ambiguous()).
+        self.timers: dict[int, int] = {}
+        self.fired: list[int] = []
 
     def _collect(self, timer: bool = False) -> None:
         for seg in self.host.segments_to_send(self.now):
@@ -79,11 +82,18 @@ class ModelSide:
             self.host.on_timer(self.now)
             self._collect(timer=True)
         self.now = max(self.now, t)
+        self._note_due()
         return self.now
+
+    def _note_due(self) -> None:
+        d = self.host.next_deadline()
+        if d is not None:
+            self.timers.setdefault(d, self.now)
 
     def inject(self, pkt: Packet) -> int:
         self.host.receive(pkt.to_segment(), self.now)
         self._collect()
+        self._note_due()
         return self.now
 
     def drain(self) -> list[tuple[int, Packet, bool]]:
@@ -97,6 +107,7 @@ class ModelSide:
         except SocketError as e:
             result = errno.errorcode.get(e.errno_value, str(e.errno_value))
         self._collect()
+        self._note_due()
         return self.now, result
 
     def _fd(self, name: str) -> int:
