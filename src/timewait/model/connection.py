@@ -152,6 +152,7 @@ class _Sent:
     psh: bool
     sent_at: int
     retrans: bool
+    skb: int  # which sk_buff it is part of: a write's segments share one (GSO), see _collapse()
 
     def __init__(
         self,
@@ -161,6 +162,7 @@ class _Sent:
         fin: bool = False,
         psh: bool = False,
         sent_at: int = 0,
+        skb: int = 0,
     ) -> None:
         self.seq = seq  # explicit: mypyc compiles this, not a dataclass-generated __init__
         self.payload = payload
@@ -169,6 +171,7 @@ class _Sent:
         self.psh = psh
         self.sent_at = sent_at
         self.retrans = False
+        self.skb = skb
 
     @property
     def end(self) -> int:
@@ -771,27 +774,53 @@ class Connection:
         self._emit(self._build(item, now))
 
     def _collapse(self, item: _Sent) -> None:
-        """K tcp_output.c tcp_retrans_try_collapse() (tcp_retrans_collapse = 1): a segment
-        retransmitted with room to spare takes in the segments after it, while the total fits
-        one MSS and the peer's window; flags (PSH, FIN) are merged. So two small writes lost
-        together come back as one segment, and a lost FIN rides on lost data."""
-        if item.syn or not self._rtx or self._rtx[0] is not item:
+        """What a retransmission of the head carries (K tcp_output.c __tcp_retransmit_skb()):
+        the head's sk_buff from snd_una, cut at one MSS (tcp_fragment(): a write went out as
+        one skb, cut into segments by GSO, so after a partial ACK the retransmission is a full
+        MSS from snd_una, not the rest of the first segment); then, with room to spare, whole
+        sk_buffs after it while they fit the MSS and the peer's window, flags merged
+        (tcp_retrans_try_collapse(), tcp_retrans_collapse = 1): two small writes lost together
+        come back as one segment, data and a lost FIN as one FIN segment."""
+        rtx = self._rtx
+        if item.syn or not rtx or rtx[0] is not item:
             return
         wnd_end = seq_add(self.snd_una, self.snd_wnd)
         space = min(seq_diff(wnd_end, item.seq), self._send_mss())
+        while len(rtx) > 1 and rtx[1].skb == item.skb and len(item.payload) < space:
+            nxt = rtx[1]
+            take = min(space - len(item.payload), len(nxt.payload))
+            item.payload += nxt.payload[:take]
+            if take < len(nxt.payload):
+                rest = _Sent(
+                    seq=seq_add(nxt.seq, take), payload=nxt.payload[take:], fin=nxt.fin,
+                    psh=nxt.psh, sent_at=nxt.sent_at, skb=nxt.skb,
+                )  # fmt: skip
+                rest.retrans = nxt.retrans
+                rtx[1] = rest
+                return
+            item.fin = item.fin or nxt.fin
+            item.psh = item.psh or nxt.psh
+            item.retrans = item.retrans or nxt.retrans
+            del rtx[1]
         if len(item.payload) >= space:
             return
         space -= len(item.payload)
-        while len(self._rtx) > 1:
-            nxt = self._rtx[1]
-            space -= len(nxt.payload)
-            if space < 0 or seq_gt(nxt.end, wnd_end):
+        while len(rtx) > 1:
+            first = rtx[1]
+            n = 1
+            size = len(first.payload)
+            while n + 1 < len(rtx) and rtx[n + 1].skb == first.skb:
+                size += len(rtx[n + 1].payload)
+                n += 1
+            space -= size
+            if space < 0 or seq_gt(rtx[n].end, wnd_end):
                 break
-            item.payload += nxt.payload
-            item.fin = item.fin or nxt.fin
-            item.psh = item.psh or nxt.psh
-            item.retrans = item.retrans or nxt.retrans  # TCPCB_EVER_RETRANS
-            del self._rtx[1]
+            for nxt in rtx[1 : n + 1]:
+                item.payload += nxt.payload
+                item.fin = item.fin or nxt.fin
+                item.psh = item.psh or nxt.psh
+                item.retrans = item.retrans or nxt.retrans  # TCPCB_EVER_RETRANS
+            del rtx[1 : n + 1]
 
     def _build(self, item: _Sent, now: int) -> Segment:
         if item.syn:
@@ -835,16 +864,19 @@ class Connection:
             chunk = bytes(self._unsent[:n])
             del self._unsent[:n]
             end = seq_add(self.snd_nxt, n)
+            # One write, one skb (tcp_sendmsg() with TCP_NODELAY sends each at once; GSO cuts
+            # it into segments on the way out): named after the write's end.
+            skb = self._push_at[0] if self._push_at else end
             psh = False
             while self._push_at and seq_le(self._push_at[0], end):
                 self._push_at.popleft()
                 psh = True  # tcp_push() marked the last segment of a write
             fin = self._fin_queued and not self._unsent  # FIN rides on the last data segment
-            self._transmit(_Sent(seq=self.snd_nxt, payload=chunk, fin=fin, psh=psh), now)
+            self._transmit(_Sent(seq=self.snd_nxt, payload=chunk, fin=fin, psh=psh, skb=skb), now)
             self._fin_sent = self._fin_sent or fin
         if self._fin_queued and not self._fin_sent and not self._unsent:
             # K tcp_output.c tcp_send_fin(): a bare FIN is forced out even into a closed window.
-            self._transmit(_Sent(seq=self.snd_nxt, fin=True), now)
+            self._transmit(_Sent(seq=self.snd_nxt, fin=True, skb=seq_add(self.snd_nxt, 1)), now)
             self._fin_sent = True
 
     # -- input ------------------------------------------------------------------------------
@@ -883,7 +915,7 @@ class Connection:
             cut = seq_diff(ack, head.seq) - int(head.syn)
             self._rtx[0] = _Sent(
                 seq=ack, payload=head.payload[cut:], fin=head.fin, psh=head.psh,
-                sent_at=head.sent_at,
+                sent_at=head.sent_at, skb=head.skb,
             )  # fmt: skip
             self._rtx[0].retrans = head.retrans
         if not acked:
@@ -1018,14 +1050,16 @@ class Connection:
         assert self.irs is not None
         # tcp_paws_reject() with a ts_recent_stamp of "now less the request's timeout": an RST is
         # not let through either. TSecr must echo one of our SYN-ACKs (tsecr_reject).
-        paws = (
+        paws_rej = (
             self.ts_enabled
             and seg.tsval is not None
             and not paws_check(self.ts_recent or 0, None, seg.tsval, now, 0)
         )
+        tsecr_rej = False
         if self.ts_enabled and seg.tsval is not None and seg.tsecr:
             first, last = self._synack_ts
-            paws = paws or not (seq_ge(seg.tsecr, first) and seq_le(seg.tsecr, last))
+            tsecr_rej = not (seq_ge(seg.tsecr, first) and seq_le(seg.tsecr, last))
+        paws = paws_rej or tsecr_rej
         flags = seg.bits & 0x16  # RST|SYN|ACK
         if seg.seq == self.irs and flags == 0x02 and not paws:
             # Retransmitted SYN: resend the SYN-ACK, rate-limited (LINUX_MIB_TCPACKSKIPPEDSYNRECV).
@@ -1065,11 +1099,16 @@ class Connection:
             self._reply_rst(seg)
             return False
         if paws or not in_window:
-            # req->rsk_ops->send_ack(): SEQ = ISN + 1, ACK = rcv_nxt.
+            # req->rsk_ops->send_ack(): SEQ = ISN + 1, ACK = rcv_nxt; counted as the drop
+            # reason says (PAWSEstab, TSEcrRejected).
             if not oow_rate_limited(
                 self, seg, now, self.config, self.counters, C.ACK_SKIPPED_SYNRECV
             ):
                 self._emit(self._segment(now, seq=self.snd_nxt, flags=Flags.ACK))
+            if paws_rej:
+                self.counters[C.PAWS_ESTAB] += 1
+            elif tsecr_rej:
+                self.counters[C.TSECR_REJECTED] += 1
             return False
         if seg.syn and seg.seq != self.irs:
             # "embryonic_reset": the request goes; a SYN in the window is answered with a RST.

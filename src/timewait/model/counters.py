@@ -16,6 +16,7 @@ TW_RECYCLED: Final = "TWRecycled"  # TIME_WAIT taken over by connect() (__inet_c
 TIME_WAIT_OVERFLOW: Final = "TCPTimeWaitOverflow"  # tcp_max_tw_buckets hit, wait skipped
 PAWS_TIMEWAIT: Final = "PAWSTimewait"  # PAWS reject in TIME_WAIT (6.16+)
 PAWS_ESTAB: Final = "PAWSEstab"  # PAWS reject on a full socket
+TSECR_REJECTED: Final = "TSEcrRejected"  # request: TSecr not one of our SYN-ACKs' TSvals
 PAWS_OLD_ACK: Final = "PAWSOldAck"  # PAWS-rejected old pure ACK, dropped without a dupack
 PAWS_ACTIVE: Final = "PAWSActive"  # SYN-ACK whose TSecr our SYN cannot have sent (SYN_SENT)
 DELAYED_ACKS: Final = "DelayedACKs"  # the delayed-ACK timer sent an ACK

@@ -52,7 +52,8 @@ class ModelSide:
         self.fds: dict[str, int] = {}
         self.out: list[tuple[int, Packet, bool]] = []
         self.err: dict[str, str] = {}  # pending socket error (sk_err), reported once
-        self.eof: dict[str, bool] = {}
+        self.eof: dict[str, bool] = {}  # RCV_SHUTDOWN by shutdown(SHUT_RD)
+        self.done: dict[str, bool] = {}  # SOCK_DONE: the peer's FIN arrived
         self.dumped_at = 0
         self.last_span = 0
         # Every timer deadline seen (-> when first seen, about when it was armed) and when one
@@ -73,7 +74,7 @@ class ModelSide:
                 if code is not None:
                     self.err[name] = code
                 elif isinstance(ev, PeerClosed):
-                    self.eof[name] = True
+                    self.done[name] = True
 
     def wait_until(self, t: int) -> int:
         while (d := self.host.next_deadline()) is not None and d <= t:
@@ -163,9 +164,13 @@ class ModelSide:
                 return "EPIPE"
             return args[0]
         if op == "read":
+            # K tcp_recvmsg_locked(): data first; then SOCK_DONE (the peer's FIN arrived)
+            # reads 0 even when an error is pending; then sk_err; then RCV_SHUTDOWN.
             data = h.recv(fd, now)
             if data:
                 return str(len(data))
+            if self.done.get(name):
+                return "0"
             if name in self.err:
                 return self.err.pop(name)
             if self.eof.get(name) or h.state(fd) is TcpState.CLOSED:
