@@ -1081,7 +1081,13 @@ class Connection:
             # acknowledges; elsewhere in the window it draws a challenge ACK (RFC 5961 §3.2)
             # under the request's out-of-window rate limit, and the request stays (probes
             # synrecv-rst-*).
-            if paws or not in_window:
+            if paws_rej:
+                self.counters[C.PAWS_ESTAB] += 1
+                return False
+            if tsecr_rej:
+                self.counters[C.TSECR_REJECTED] += 1
+                return False
+            if not in_window:
                 return False
             if seg.seq != self.rcv_nxt:
                 if not oow_rate_limited(

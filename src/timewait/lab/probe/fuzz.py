@@ -47,6 +47,7 @@ from typing import Any, Final
 
 from hypothesis import HealthCheck, Phase, given, reject, seed, settings
 from hypothesis import strategies as st
+from hypothesis.errors import Flaky
 
 from timewait.lab.probe import script as sc
 from timewait.lab.probe.compare import Verdict, compare
@@ -380,12 +381,21 @@ def fuzz_one_worker(
             res.examples += 1
         if not v.agrees:
             shrinking["on"] = True
-            raise Disagreement(explain(v))
+            last["text"] = explain(v)
+            raise Disagreement(last["text"])
 
+    last: dict[str, str] = {}
     try:
         check()
     except Disagreement as e:
         res.failures.append(str(e))
+    except Flaky as e:
+        # The shrunk sequence turned ambiguous when Hypothesis replayed it: report the last
+        # disagreement seen (it had come back on a second run), with the reason.
+        if "text" in last:
+            res.failures.append(f"# (Hypothesis: {type(e).__name__} on replay)\n{last['text']}")
+        else:
+            res.errors.append(f"{type(e).__name__}: {e}")
     except Exception as e:
         res.errors.append(f"{type(e).__name__}: {e}")
     return res
