@@ -228,6 +228,94 @@ def test_out_of_order_segment_is_queued_until_the_hole_fills() -> None:
     assert c.read() == b"0123456789later"
 
 
+def test_retransmission_collapses_small_writes_into_one_segment() -> None:
+    """K tcp_retrans_try_collapse(): a retransmitted segment with room to spare takes in the
+    sk_buffs after it while they fit one MSS; PSH is merged (probe rto-collapse-two-writes)."""
+    c = conn_in(S.ESTABLISHED)
+    c.send(b"a" * 100, 0)
+    c.send(b"b" * 100, 0)
+    assert len(c.segments_to_send(0)) == 2
+    d = c.next_deadline()
+    assert d is not None
+    c.on_timer(d)
+    expect_sent(c, [to_peer(c, seq=L + 1, payload=b"a" * 100 + b"b" * 100, flags=F.PSH | F.ACK)])
+
+
+def test_retransmission_carries_a_lost_fin_with_the_data() -> None:
+    """K tcp_collapse_retrans(): "Merge over control information. This moves PSH/FIN etc.
+    over" -- lost data and the FIN after it come back as one FIN segment (probe
+    rto-collapse-data-and-fin)."""
+    c = conn_in(S.ESTABLISHED)
+    c.send(b"d" * 100, 0)
+    c.close(0)
+    assert len(c.segments_to_send(0)) == 2
+    d = c.next_deadline()
+    assert d is not None
+    c.on_timer(d)
+    (seg,) = c.segments_to_send(d)
+    assert seg.flags == F.FIN | F.PSH | F.ACK and seg.seq == L + 1 and len(seg.payload) == 100
+
+
+def test_retransmission_after_partial_ack_is_a_full_mss_of_the_write() -> None:
+    """K __tcp_retransmit_skb(): a write is one sk_buff (GSO cuts it on the way out); after a
+    partial ACK it is trimmed at snd_una and cut at the MSS again, so the retransmission
+    carries a full MSS, not the rest of the first segment (probe
+    rto-after-partial-ack-full-mss)."""
+    c = conn_in(S.ESTABLISHED)
+    c.send(b"x" * 2000, 0)
+    assert [len(s.payload) for s in c.segments_to_send(0)] == [1460, 540]
+    send(c, from_peer(c, ack=L + 2))
+    d = c.next_deadline()
+    assert d is not None
+    c.on_timer(d)
+    (seg,) = c.segments_to_send(d)
+    assert seg.seq == L + 2 and len(seg.payload) == 1460
+
+
+def test_header_prediction_keeps_data_with_a_too_old_ack() -> None:
+    """K tcp_rcv_established() fast path: in-order data is queued before tcp_ack() sees an
+    RFC 5961 too-old ACK, so with our data in flight (forward-allocated memory) it stays and
+    the challenge ACK acknowledges it; once nothing is in flight or unread the slow path drops
+    it (probes est-data-too-old-ack-fast-path-in-flight, -slow-path-after-read)."""
+    c = conn_in(S.ESTABLISHED)
+    c.send(b"x" * 100, 0)
+    c.segments_to_send(0)
+    send(c, from_peer(c, ack=seq_add(L, -99_000), payload=b"0123456789"))
+    assert c.read() == b"0123456789" and c.counters[C.CHALLENGE_ACK] == 1
+    expect_sent(c, [to_peer(c, ack=R + 11)])
+    send(c, from_peer(c, ack=L + 101), t=10 * MS)
+    send(c, from_peer(c, ack=seq_add(L, -99_000), payload=b"more"), t=600 * MS)
+    assert c.read() == b"" and c.counters[C.CHALLENGE_ACK] == 2
+
+
+def test_header_prediction_stores_ts_recent_before_the_challenge_ack() -> None:
+    """K tcp_rcv_established() fast path: tcp_store_ts_recent() before tcp_ack(), so the
+    challenge ACK for a too-old pure ACK echoes its TSval; a changed window defeats the
+    prediction and the slow path leaves TS.Recent alone (probe
+    est-ack-too-old-fast-path-stores-ts)."""
+    c = conn_in(S.ESTABLISHED, config=TS)
+    send(c, from_peer(c, ack=seq_add(L, -99_000), tsval=102, tsecr=0), t=10 * MS)
+    (ack,) = c.segments_to_send(10 * MS)
+    assert ack.tsecr == 102
+    seg = from_peer(c, ack=seq_add(L, -99_000), tsval=103, tsecr=0, window=65000)
+    send(c, seg, t=700 * MS)
+    (ack,) = c.segments_to_send(700 * MS)
+    assert ack.tsecr == 102 and c.counters[C.CHALLENGE_ACK] == 2
+
+
+def test_data_after_shutdown_rd_resets_and_reports_econnreset() -> None:
+    """K tcp_rcv_state_process(): with RCV_SHUTDOWN new data in FIN_WAIT_1 draws an RST and
+    tcp_reset() reports ECONNRESET to the descriptor (probe fw2-data-after-shutdown-rd-resets)."""
+    c = conn_in(S.ESTABLISHED)
+    c.shutdown_read()
+    c.shutdown_write(0)
+    c.segments_to_send(0)
+    send(c, from_peer(c, payload=b"late"))
+    assert c.state is S.CLOSED and ConnectionReset in events(c)
+    (rst,) = c.segments_to_send(0)
+    assert rst.rst
+
+
 def test_old_duplicate_data_is_reacked_not_redelivered() -> None:
     """K tcp_data_queue(): a retransmission of delivered data forces an immediate ACK."""
     c = conn_in(S.ESTABLISHED)

@@ -6,7 +6,7 @@ probe script too (src/timewait/lab/probe/scripts, names in the docstrings)."""
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from timewait.config import KernelConfig
 from timewait.model import counters as C
@@ -200,3 +200,51 @@ def test_rst_after_the_peers_fin_reports_a_broken_pipe() -> None:
     h.events(fd)
     p.send(p.seg(F.RST, seq=2), 2 * MS)
     assert [type(e) for e in h.events(fd)] == [BrokenPipe, Closed]
+
+
+def test_request_checks_an_rst_before_its_ack() -> None:
+    """6.18.44 (the kernel is the judge; the 6.18.19 tcp_check_req() checks the ACK first): an
+    RST at rcv_nxt resets the request whatever it acknowledges; elsewhere in the window it
+    draws a challenge ACK (RFC 5961 §3.2) and the request stays; outside it is dropped
+    (probes synrecv-rst-checked-before-ack, synrecv-rst-wrong-ack-in-window-challenge)."""
+    h, _ = server()
+    p = Peer(h, 40000)
+    p.connect(0)
+    (ch,) = p.send(p.seg(F.RST | F.ACK, seq=11, ack=12345), 10 * MS)
+    assert ch.flags == F.ACK and h.counters[C.CHALLENGE_ACK] == 1
+    assert p.send(p.seg(F.RST | F.ACK, seq=100_000, ack=12345), 700 * MS) == []
+    assert p.send(p.seg(F.RST | F.ACK, seq=1, ack=12345), 800 * MS) == []
+    assert h.counters[C.EMBRYONIC_RSTS] == 1 and not list(h.connections())
+
+
+def test_request_counts_paws_rejects() -> None:
+    """K tcp_check_req(): a segment with an old TSval is answered with an ACK and counted in
+    PAWSEstab; an RST is dropped silently and counted the same (probes synrecv-paws-counted,
+    synrecv-rst-paws-counted)."""
+    h = Host(addrs=[HOST], rng=random.Random(1), config=KernelConfig())
+    fd = h.socket()
+    h.bind(fd, "0.0.0.0", PORT, 0)
+    h.listen(fd, 0)
+    p = Peer(h, 40000)
+    h.receive(replace(p.seg(F.SYN, seq=0), tsval=100, tsecr=0), 0)
+    (synack,) = h.segments_to_send(0)
+    h.receive(replace(p.seg(F.ACK, ack=seq_add(synack.seq, 1)), tsval=53, tsecr=0), 10 * MS)
+    (ack,) = h.segments_to_send(10 * MS)
+    assert ack.flags == F.ACK and h.counters[C.PAWS_ESTAB] == 1
+    h.receive(replace(p.seg(F.RST), tsval=53, tsecr=0), 20 * MS)
+    assert h.segments_to_send(20 * MS) == [] and h.counters[C.PAWS_ESTAB] == 2
+    assert len(list(h.connections())) == 1
+
+
+def test_child_starts_with_a_fresh_out_of_window_rate_limit() -> None:
+    """K tcp_create_openreq_child(): the new socket is a clone of the listener, so the request's
+    last out-of-window ACK does not rate-limit the child's first challenge ACK (probe
+    synrecv-child-fresh-rate-limit)."""
+    h, lfd = server()
+    p = Peer(h, 40000)
+    synack = p.connect(0)
+    assert len(p.send(p.seg(F.RST, seq=11), 10 * MS)) == 1  # challenge ACK from the request
+    assert p.send(p.seg(F.ACK, ack=seq_add(synack.seq, 1)), 10 * MS) == []
+    assert h.accept(lfd) is not None
+    (ch,) = p.send(p.seg(F.PSH | F.ACK, ack=seq_add(synack.seq, 2), data=b"x" * 10), 10 * MS)
+    assert ch.flags == F.ACK and h.counters[C.CHALLENGE_ACK] == 2
