@@ -477,6 +477,132 @@ def doctor(
     obj.exit_status = diagnosis.exit_status
 
 
+@cli.command("plan")
+@netns_option
+@pid_option
+@click.option(
+    "--from",
+    "from_files",
+    multiple=True,
+    metavar="FILE",
+    type=click.Path(dir_okay=True),
+    help="Plan from saved captures instead of this host: two captures of one namespace give "
+    "the churn over the time between them.",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.0, max=600.0),
+    default=5.0,
+    show_default=True,
+    metavar="S",
+    help="Take two live captures S seconds apart and measure each destination's churn over "
+    "them; 0 takes one (churn from the TcpExt counter around it).",
+)
+@click.option(
+    "--try",
+    "tries",
+    multiple=True,
+    metavar="NAME[=VALUE]",
+    help="Only this remedy (repeatable): pool[=K], tw-reuse, bind-address-no-port, "
+    "peer-closes-first, more-destinations[=N], widen-range[=LO-HI]. Default: every one that "
+    "applies.",
+)
+@click.option(
+    "--horizon",
+    type=click.FloatRange(min=1.0, max=86_400.0),
+    default=300.0,
+    show_default=True,
+    metavar="S",
+    help="How far ahead to run each option (seconds).",
+)
+@click.option(
+    "--top",
+    type=click.IntRange(min=1, max=50),
+    default=3,
+    show_default=True,
+    metavar="N",
+    help="Destinations to plan for, busiest first.",
+)
+@click.option(
+    "--plot",
+    "plot_path",
+    metavar="FILE",
+    help="Draw ports in use and failures per option for the busiest destination (.png/.svg).",
+)
+@source_option
+@json_option
+@click.pass_obj
+def plan_cmd(
+    obj: Ctx,
+    netns: str | None,
+    pid: int | None,
+    from_files: tuple[str, ...],
+    interval: float,
+    tries: tuple[str, ...],
+    horizon: float,
+    top: int,
+    plot_path: str | None,
+    source: str,
+    as_json: bool,
+) -> None:
+    """What if: run the busiest destinations forward from a capture, as they are and with each
+    remedy that applies, and rank the remedies.
+
+    Each option is run on the flow engine (cross-checked against the kernel) from the captured
+    state -- the ports each destination holds, its TIME_WAITs with the time they have left, and
+    its measured churn -- for --horizon seconds. For each: when connect() first fails with
+    EADDRNOTAVAIL, failures per second at steady state, the ports left, and the risk of the
+    change. Exit status: 0 when some option avoids failures, 1 when none does, 3 on error.
+    """
+    from timewait.render.plot import check_plot_path
+
+    _check_targets(from_files, netns, pid)
+    if len(from_files) > 2:
+        raise click.UsageError("--from takes at most two files (an earlier and a later capture)")
+    if plot_path is not None:
+        check_plot_path(plot_path)
+    if from_files:
+        current, previous = load_snapshots(from_files)
+    elif interval:
+        import time
+
+        isatty = getattr(obj.env.stderr, "isatty", None)
+        if isatty is not None and isatty():
+            obj.env.stderr.write(f"measuring churn over {interval:g} s...\n")
+        previous = capture_live(netns, pid, source)
+        time.sleep(interval)
+        current = capture_live(netns, pid, source)
+    else:
+        current, previous = capture_live(netns, pid, source, rate_window=True), None
+    from timewait.doctor import analyze
+    from timewait.doctor.plan import plan
+    from timewait.render.plan import plan_json, plan_series, render_plan
+
+    result = plan(current, analyze(current, previous), horizon_s=horizon, top=top, tries=tries)
+    if as_json:
+        obj.emit_json(plan_json(result))
+    else:
+        obj.print_rich(render_plan(result))
+    if plot_path is not None and result.destinations:
+        from timewait.render.plot import plot_result
+        from timewait.sim.scenario import ScenarioResult
+
+        d = result.destinations[0]
+        best = d.options[0] if d.options else d.as_is
+        written = plot_result(
+            ScenarioResult(
+                scenario=f"plan: {d.label}", params={}, variants={},
+                verdict=f"churn {d.churn_per_s:.1f}/s; best: {best.option} "
+                f"({best.failures_per_s:.1f} failures/s)",
+                series=plan_series(d),  # type: ignore[arg-type]
+            ),
+            plot_path,
+        )  # fmt: skip
+        (obj.env.stderr if as_json else obj.env.stdout).write(f"plot written to {written}\n")
+    fine = any(o.failures_per_s == 0 for d in result.destinations for o in (d.as_is, *d.options))
+    obj.exit_status = ExitStatus.OK if fine or not result.destinations else ExitStatus.WARNING
+
+
 @cli.command("snapshot")
 @click.option(
     "-o",

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Final
 
 from timewait.config import KernelConfig
 from timewait.errors import TimewaitError
-from timewait.live import netlink, procnet, sysctl
+from timewait.live import kconfig, netlink, procnet, sysctl
 from timewait.live import netns as _netns
 from timewait.model.states import TCP_TIMEWAIT_LEN, LinuxState
 from timewait.units import MS
@@ -94,6 +94,7 @@ class Sources:
     dump: bytes | None = None
     proc_net: str = procnet.PROC_NET
     sysctl_dir: str = sysctl.SYSCTL_DIR
+    config_gz: str = kconfig.CONFIG_GZ
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -113,6 +114,7 @@ class Raw:
     monotonic_ns: int
     rate_window: bool
     proc_net: str
+    kernel_hz: int = 0
     notes: tuple[str, ...] = field(default=())
 
 
@@ -167,7 +169,7 @@ def read(
         target=target, label=label, source=used, dump=dump, tcp_text=tcp_text, config=config,
         counters=counters, counters_before=before, t_before_ns=t_before, time_ns=time_ns,
         monotonic_ns=mono_ns, rate_window=rate_window, proc_net=src.proc_net,
-        notes=tuple(notes),
+        kernel_hz=kconfig.read_hz(src.config_gz), notes=tuple(notes),
     )  # fmt: skip
 
 
@@ -215,6 +217,7 @@ def build(raw: Raw) -> Snapshot:
         notes=raw.notes,
         counters_before=raw.counters_before,
         counters_window_ns=(t_after - raw.t_before_ns) if raw.rate_window else 0,
+        kernel_hz=raw.kernel_hz,
     )
 
 

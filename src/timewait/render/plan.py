@@ -1,0 +1,128 @@
+"""`timewait plan` output: the ranked table, the --json document, and the series for --plot.
+
+Pure: builds rich renderables and dicts from a doctor.plan.Plan; the CLI prints and writes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from timewait.doctor.plan import AS_IS, DestinationPlan, OptionResult, Plan
+from timewait.render.report import human_seconds
+
+PLAN_SCHEMA = "timewait-plan/1"
+
+
+def option_label(o: OptionResult) -> str:
+    if o.option == AS_IS:
+        return "as is"
+    return f"{o.option}={o.value}" if o.value else o.option
+
+
+def _onset(o: OptionResult) -> str:
+    return "never" if o.onset_s is None else f"in {human_seconds(o.onset_s)}"
+
+
+def destination_table(d: DestinationPlan, horizon_s: float) -> Table:
+    tab = Table(
+        title=f"{d.label}: churn {d.churn_per_s:,.1f}/s, {d.held_now:,} ports held now "
+        f"({d.time_wait_now:,} TIME_WAIT); {horizon_s:,.0f} s ahead",
+        title_justify="left",
+        title_style="bold",
+        show_edge=False,
+    )
+    tab.add_column("#", justify="right")
+    tab.add_column("option", no_wrap=True)
+    tab.add_column("first EADDRNOTAVAIL", justify="right", no_wrap=True)
+    tab.add_column("failures/s", justify="right")
+    tab.add_column("ports left", justify="right")
+    tab.add_column("usable", justify="right")
+    rows = [("-", d.as_is), *((str(i), o) for i, o in enumerate(d.options, 1))]
+    for rank, o in rows:
+        style = "bold red" if o.failures_per_s > 0 else ("yellow" if o.onset_s else "green")
+        tab.add_row(
+            rank,
+            Text(option_label(o), style="bold" if o.option == AS_IS else ""),
+            _onset(o),
+            Text(f"{o.failures_per_s:,.1f}", style=style),
+            f"{o.headroom:,}",
+            f"{o.usable:,}",
+        )
+    return tab
+
+
+def render_plan(plan: Plan) -> RenderableType:
+    parts: list[RenderableType] = [
+        Text("timewait plan", style="bold"),
+        Text(f"churn: {plan.churn_basis}", style="dim"),
+        Text(),
+    ]
+    for d in plan.destinations:
+        parts += [destination_table(d, plan.horizon_s), Text()]
+        for i, o in enumerate(d.options, 1):
+            t = Text(f"{i}) {option_label(o)}: ", style="bold")
+            t.append(o.changes + " ")
+            t.append("Risk: ", style="dim")
+            t.append(o.risk)
+            parts.append(t)
+        parts.append(Text())
+    for n in plan.notes:
+        parts.append(Text(f"note: {n}", style="yellow"))
+    if not plan.destinations:
+        parts.append(Text("Nothing to plan: no destination is churning now."))
+    return Group(*parts)
+
+
+def option_json(o: OptionResult) -> dict[str, Any]:
+    return {
+        "option": o.option,
+        "value": o.value,
+        "onset_s": None if o.onset_s is None else round(o.onset_s, 3),
+        "failures_per_s": o.failures_per_s,
+        "headroom": o.headroom,
+        "usable": o.usable,
+        "changes": o.changes,
+        "risk": o.risk,
+    }
+
+
+def plan_json(plan: Plan) -> dict[str, Any]:
+    """The --json document ("timewait-plan/1"):
+
+    schema, horizon_s, churn_basis (how churn was known), notes [..], destinations [{label,
+    churn_per_s, held_now, time_wait_now, as_is {option, value, onset_s (s after the capture,
+    null = never within the horizon), failures_per_s (steady state), headroom (fewest ports
+    left over the last 60 s), usable, changes, risk}, options [same, best first]}].
+    """
+    return {
+        "schema": PLAN_SCHEMA,
+        "horizon_s": plan.horizon_s,
+        "churn_basis": plan.churn_basis,
+        "notes": list(plan.notes),
+        "destinations": [
+            {
+                "label": d.label,
+                "churn_per_s": round(d.churn_per_s, 3),
+                "held_now": d.held_now,
+                "time_wait_now": d.time_wait_now,
+                "as_is": option_json(d.as_is),
+                "options": [option_json(o) for o in d.options],
+            }
+            for d in plan.destinations
+        ],
+    }
+
+
+def plan_series(d: DestinationPlan) -> dict[str, dict[str, tuple[list[float], list[float]]]]:
+    """{option: {metric: (times, values)}}: ports in use and failures/s per option."""
+    out = {}
+    for o in (d.as_is, *d.options):
+        out[option_label(o)] = {
+            "ports_in_use": (list(o.times), list(o.ports_in_use)),
+            "failures_per_s": (list(o.times), list(o.failures_series)),
+        }
+    return out
