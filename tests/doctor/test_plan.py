@@ -2,8 +2,9 @@
 
 Captures are built as the kernel would show them after `t0` seconds of churn at rate R to one
 destination (TIME_WAITs with ages spread over [0, t0)), five seconds apart so the churn is
-measured (to one event in 150: the counts are whole TIME_WAITs). Closed forms (ref 7.3): onset = usable / R - t0 after the capture, steady failures =
-R - usable / 60 s, TIME_WAIT at steady state = usable.
+measured (to one event in 150: the counts are whole TIME_WAITs). Closed forms (ref 7.3):
+onset = usable / R - t0 after the capture, steady failures = R - usable / 60 s, TIME_WAIT at
+steady state = usable.
 """
 
 from __future__ import annotations
@@ -59,8 +60,9 @@ def test_every_remedy_that_applies_is_run_and_ranked() -> None:
     assert more.failures_per_s == 0
     assert more.onset_s == pytest.approx(700 / (RATE / 2), rel=0.02)
     assert by["more-destinations"].usable == 1000 and by["widen-range"].usable == 64_512
-    assert [o.option for o in d.options][0] == "pool"  # ties: the doctor's order of preference
-    assert [o.option for o in d.options][-1] == "more-destinations"  # a transient ranks last
+    order = [o.option for o in d.options]
+    assert order[0] == "pool"  # ties: the doctor's order of preference
+    assert order[-1] == "more-destinations"  # a transient ranks last
     assert all(o.risk for o in d.options)
 
 
