@@ -171,16 +171,6 @@ class NatAnalysis:
         return self.pools[0] if self.pools else None
 
 
-def _group_ids(cols: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Group id per row over several key columns, and the first row of each group."""
-    if cols[0].size == 0:
-        z = np.zeros(0, np.int64)
-        return z, z
-    rec = np.rec.fromarrays(cols)
-    _, first, gid = np.unique(rec, return_index=True, return_inverse=True)
-    return gid.astype(np.int64).ravel(), first
-
-
 def _ranges(snap: Snapshot) -> tuple[tuple[int, int], bool, int, bool]:
     """(port range, random_fully, rules, rules_read) from the nat_rules table."""
     rules = snap.tables.get(C.NAT_TABLE)
@@ -240,14 +230,18 @@ def analyze_nat(snap: Snapshot, previous: Snapshot | None = None) -> NatAnalysis
     pools: list[NatPool] = []
     if snat.any():
         # Every entry whose reply tuple points at a translated address holds a port there.
-        tr_lut = np.unique(t["reply_dst"][snat])
-        mine = np.isin(t["reply_dst"], tr_lut) & np.isin(t["proto"], (C.IPPROTO_TCP,
-                                                                      C.IPPROTO_UDP))  # fmt: skip
+        # Integer ids for addresses (addr_ids: two 64-bit halves, no 16-byte compares).
+        tr_id, n_tr = P.addr_ids(t["reply_dst"])
+        mine = np.zeros(n_tr, dtype=bool)
+        mine[tr_id[snat]] = True
+        mine = mine[tr_id] & np.isin(t["proto"], (C.IPPROTO_TCP, C.IPPROTO_UDP))
         rows = t[mine]
-        halves = np.ascontiguousarray(rows["reply_dst"]).view(">u8").reshape(-1, 2)
-        shalves = np.ascontiguousarray(rows["reply_src"]).view(">u8").reshape(-1, 2)
-        gid, first = _group_ids([halves[:, 0], halves[:, 1], shalves[:, 0], shalves[:, 1],
-                                 rows["reply_sport"], rows["proto"]])  # fmt: skip
+        tr = tr_id[mine]
+        dst_id, n_dst = P.addr_ids(rows["reply_src"])
+        code = ((tr * n_dst + dst_id) * 65536 + rows["reply_sport"].astype(np.int64)) * 256
+        code += rows["proto"].astype(np.int64)
+        _, first, gid = np.unique(code, return_index=True, return_inverse=True)
+        gid = gid.astype(np.int64).ravel()
         ng = int(first.shape[0])
         port = rows["reply_dport"].astype(np.int64)
         in_range = (port >= lo) & (port <= hi)

@@ -134,18 +134,6 @@ def _template(buf: bytes, start: int, length: int) -> tuple[list[int], dict[str,
     return headers, fields
 
 
-def _gather_be(b8: np.ndarray, rows: np.ndarray, at: int, width: int) -> np.ndarray:
-    """Big-endian unsigned integers of `width` bytes at offset `at` of each row start."""
-    if width == 1:
-        one: np.ndarray = b8[rows + at].astype(np.uint32)
-        return one
-    cols = b8[rows[:, None] + (at + np.arange(width))].astype(np.uint32)
-    out = np.zeros(rows.shape[0], dtype=np.uint32)
-    for i in range(width):
-        out = (out << np.uint32(8)) | cols[:, i]
-    return out
-
-
 def decode(data: bytes | bytearray | memoryview) -> np.ndarray:
     """Decode a ctnetlink dump into CONNTRACK_DTYPE rows, in dump order.
 
@@ -183,54 +171,73 @@ def decode(data: bytes | bytearray | memoryview) -> np.ndarray:
     if k == 0:
         return out
     b8 = np.frombuffer(buf, dtype=np.uint8)
-    w32 = words
     pending = np.arange(k)
     while pending.size:
         first = int(pending[0])
         start, length = int(e_offs[first]), int(e_len[first])
         headers, fields = _template(buf, start, length)
         same = pending[e_len[pending] == length]
-        if headers and (start % 4 == 0):
-            hw = np.asarray(headers, dtype=np.int64) >> 2
-            ref = w32[(start >> 2) + hw]
-            ok = (w32[(e_offs[same] >> 2)[:, None] + hw[None, :]] == ref[None, :]).all(axis=1)
-            group = same[ok]
-        else:
-            group = np.asarray([first])
-        if group.size == 0 or group[0] != first:
-            group = np.concatenate([[first], group[group != first]])
-        _fill(out, group, e_offs[group], b8, fields)
+        rows = _rows(buf, b8, e_offs[same], length)
+        cols = np.asarray([h + j for h in headers for j in range(4)], dtype=np.int64)
+        ref = b8[start + cols]
+        ok = (rows[:, cols] == ref).all(axis=1) if cols.size else np.ones(same.size, bool)
+        if not ok[0]:  # cannot happen (the template is the first row): be safe
+            ok[0] = True
+        group = same[ok]
+        _fill(out, group, rows if ok.all() else rows[ok], fields)
         done = np.zeros(k, dtype=bool)
         done[group] = True
         pending = pending[~done[pending]]
     return out
 
 
-def _fill(out: np.ndarray, idx: np.ndarray, rows: np.ndarray, b8: np.ndarray,
-          fields: dict[str, int]) -> None:  # fmt: skip
-    """Write the fields of the messages starting at `rows` into out[idx] (one layout)."""
+def _rows(buf: bytes, b8: np.ndarray, offs: np.ndarray, length: int) -> np.ndarray:
+    """The messages starting at `offs` as a (n, length) uint8 matrix: a strided view when they
+    lie back to back at one stride (a uniform table: no copy), else a gathered copy."""
+    n = offs.shape[0]
+    if n > 1:
+        stride = int(offs[1] - offs[0])
+        if stride >= length and (np.diff(offs) == stride).all():
+            view: np.ndarray = np.ndarray(shape=(n, length), dtype=np.uint8, buffer=buf,
+                                          offset=int(offs[0]), strides=(stride, 1))  # fmt: skip
+            return view
+    gathered: np.ndarray = b8[offs[:, None] + np.arange(length)]
+    return gathered
+
+
+def _be(rows: np.ndarray, at: int, width: int) -> np.ndarray:
+    """Big-endian unsigned integers of `width` bytes at column `at` of every row."""
+    if width == 1:
+        return rows[:, at]
+    cell = np.ascontiguousarray(rows[:, at : at + width])
+    out: np.ndarray = cell.view(">u2" if width == 2 else ">u4").ravel()
+    return out
+
+
+def _fill(out: np.ndarray, idx: np.ndarray, rows: np.ndarray, fields: dict[str, int]) -> None:
+    """Write the fields of one layout's messages (`rows`, one per message) into out[idx]."""
     if "orig_src4" in fields or "orig_src6" in fields:
         v4 = "orig_src4" in fields
     else:
-        raise _fail(f"entry at offset {int(rows[0])} has no original tuple")
+        raise _fail("an entry without an original tuple")
     out["family"][idx] = AF_INET if v4 else AF_INET6
     o8 = out.view(np.uint8).reshape(out.shape[0], CONNTRACK_DTYPE.itemsize)
+    width = 4 if v4 else 16
     for col in ("orig_src", "orig_dst", "reply_src", "reply_dst"):
         at = CONNTRACK_DTYPE.fields[col][1]  # type: ignore[index]
         name = f"{col}{4 if v4 else 6}"
         if name not in fields:
             continue
-        width = 4 if v4 else 16
-        src = b8[rows[:, None] + (fields[name] + np.arange(width))]
+        src = rows[:, fields[name] : fields[name] + width]
         if v4:
             o8[idx, at : at + 10] = 0
             o8[idx, at + 10 : at + 12] = 0xFF
             o8[idx, at + 12 : at + 16] = src
         else:
             o8[idx, at : at + 16] = src
-    for name, width in _WIDTH.items():
+    for name, w in _WIDTH.items():
         if name in fields:
-            out[name][idx] = _gather_be(b8, rows, fields[name], width)
+            out[name][idx] = _be(rows, fields[name], w)
 
 
 def count_entries(data: bytes) -> int:
