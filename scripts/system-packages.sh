@@ -6,6 +6,7 @@ need=()
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v ss >/dev/null 2>&1 || need+=(iproute2)
 command -v nft >/dev/null 2>&1 || need+=(nftables)
+command -v conntrack >/dev/null 2>&1 || [ -x /usr/sbin/conntrack ] || need+=(conntrack)  # NAT tests: conntrack -L
 command -v tmux >/dev/null 2>&1 || need+=(tmux)          # `timewait top` is tested in tmux
 command -v setpriv >/dev/null 2>&1 || need+=(util-linux) # unprivileged-run tests
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)  # lab: nginx-keepalive

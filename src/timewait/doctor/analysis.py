@@ -56,6 +56,7 @@ from typing import Final
 import numpy as np
 
 from timewait.doctor import pools as P
+from timewait.doctor.nat import NatAnalysis, analyze_nat
 from timewait.doctor.pools import TIME_WAIT_MS
 from timewait.model.states import FD_OBJECT_BYTES, FULL_SOCK_BYTES, TW_SOCK_BYTES
 from timewait.snapshot import (
@@ -221,6 +222,7 @@ class Analysis:
     dest_trend: np.ndarray  # float64 ports per second; nan = unknown
     trend_method: str  # "interval", "tw_counter" (rate window) or "tw_timers"
     bind_pools: tuple[P.Pool, ...] = ()
+    nat: NatAnalysis | None = None  # conntrack and the NAT pools (doctor/nat.py, issue 15)
 
     @property
     def n_destinations(self) -> int:
@@ -268,6 +270,8 @@ class Analysis:
         connect_like = np.flatnonzero(~self.dest_bind_like)
         out = [self.destination(int(i)).pool() for i in connect_like[:top]]
         out += [self.new_destination, *self.bind_pools]
+        if self.nat is not None:
+            out += [n.pool() for n in self.nat.pools[:top]]
         return sorted(out, key=lambda p: -p.usage)
 
     def destination(self, i: int) -> Destination:
@@ -590,4 +594,5 @@ def analyze(snapshot: Snapshot, previous: Snapshot | None = None) -> Analysis:
         dest_trend=np.asarray(trend, dtype=np.float64)[order],
         trend_method=trend_method,
         bind_pools=tuple(P.bind_pools(s, budget, table_sid, budget & ~usable)),
+        nat=analyze_nat(snapshot, previous),
     )

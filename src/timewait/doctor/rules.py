@@ -17,7 +17,9 @@ and found healthy. The doctor never says OK while a pool it saw is above 70 %.
 
 Rule ids: port-exhaustion, port-pressure, bind-pool-exhaustion, bind-held-ports,
 tw-reuse-without-timestamps, range-swallows-listeners, tw-overflow, tw-buckets-below-count,
-fin-wait2-orphans, server-side-time-wait, port-range-parity, collector-notes, ports-healthy.
+fin-wait2-orphans, server-side-time-wait, port-range-parity, collector-notes, ports-healthy;
+and the NAT rules of doctor/nat_rules.py (issue 15): nat-port-exhaustion, nat-port-pressure,
+conntrack-table-full, conntrack-drops, nat-healthy.
 """
 
 from __future__ import annotations
@@ -445,7 +447,7 @@ def collector_notes(snap: Snapshot, a: Analysis) -> Iterator[Finding]:
 
 def ports_healthy(snap: Snapshot, a: Analysis) -> Iterator[Finding]:
     """OK: every pool has headroom (says what was checked)."""
-    pools = a.pools(top=1)
+    pools = [p for p in a.pools(top=1) if p.kind != "nat"]  # NAT pools: nat_rules.py
     if any(p.usage >= WARNING_USAGE for p in pools) or _soon(a):
         return  # never OK beside a warning about the same ports
     busiest_bind = a.bind_pools[0] if a.bind_pools else None
@@ -499,10 +501,17 @@ RULE_IDS: Final = (
     "port-range-parity",
     "collector-notes",
     "ports-healthy",
-)
+)  # the NAT rules' ids: nat_rules.NAT_RULE_IDS
+
+
+def _nat_rules() -> tuple[Rule, ...]:
+    """The NAT rules (doctor/nat_rules.py imports this module, so they are looked up late)."""
+    from timewait.doctor.nat_rules import NAT_RULES
+
+    return NAT_RULES
 
 
 def run_rules(snap: Snapshot, a: Analysis) -> list[Finding]:
     """Every rule's findings, most severe first (stable within a severity: RULES order)."""
-    found = [f for rule in RULES for f in rule(snap, a)]
+    found = [f for rule in (*RULES, *_nat_rules()) for f in rule(snap, a)]
     return sorted(found, key=lambda f: -f.severity)

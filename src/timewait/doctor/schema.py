@@ -1,12 +1,13 @@
-"""The `timewait doctor --json` document (schema "timewait-doctor/2").
+"""The `timewait doctor --json` document (schema "timewait-doctor/3").
 
 Stable keys; numbers are plain JSON numbers, absent values are null. Version bumps on any
 breaking change. Version 2 (issue 10) adds the pools: `pools`, the exclusive ports in `ports`,
 and per destination `headroom`, `reusable`, `bound` and `bind_like`; `capacity` and `usage`
 now leave out the ports bind() holds (inferred, see README "Pools") and count TIME_WAITs that
-tcp_tw_reuse takes over as free; remedies gain `code_c`.
+tcp_tw_reuse takes over as free; remedies gain `code_c`. Version 3 (issue 15) adds `nat` (the
+connection tracker and the NAT pools); `pools.worst` may now be a NAT pool (kind "nat").
 
-    schema            "timewait-doctor/2"
+    schema            "timewait-doctor/3"
     status            "healthy" | "warning" | "critical"   (exit status 0 | 1 | 2)
     exit_status       0 | 1 | 2
     snapshot          {namespace, source, kernel, hostname, time_ns, rows, notes[]}
@@ -47,6 +48,21 @@ tcp_tw_reuse takes over as free; remedies gain `code_c`.
                        bind_like (its sockets bound before connecting), churn_per_s,
                        trend_per_s (ports/s or null), eta_s (seconds or null)}
     destinations_total  how many destinations exist in all
+    nat               null when conntrack was not looked at (a saved file from before version
+                      3, a model host); else {present (false: no connection tracker here,
+                      nothing else is set), table_read, entries, count (nf_conntrack_count),
+                      max, buckets, fill (count/max or null), memory_bytes, by_state
+                      {CT-STATE: n} (TCP entries), snat_entries, rules (masquerade/snat
+                      statements read), rules_read, random_fully, time_wait_s
+                      (nf_conntrack_tcp_timeout_time_wait), eviction (the kernel, >= 6.5,
+                      lets a new SYN evict a closing entry on collision), counters
+                      {insert_failed, drop, early_drop, ...} (cumulative), counters_delta
+                      (since the previous snapshot), pools_total, pools [{label, translated,
+                      dst, dport, proto, port_range [lo, hi], size, held, headroom, usage,
+                      reclaimable (TIME_WAIT/CLOSE entries a SYN may evict), hard_usage
+                      ((held - reclaimable)/size), entries, by_state {time_wait, established,
+                      syn_sent, closing, other}, churn_per_s, trend_per_s, eta_s}] fullest
+                      first (--top)}
     findings          most severe first, each {id, severity ("ok"|"info"|"warning"|"critical"),
                       title, detail, evidence {..}, remedies [{id, title, changes, risk,
                       commands [..], code (Python), code_c (C, or ""), requires}]}
@@ -57,13 +73,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Final
 
 from timewait.doctor.analysis import HIST_BUCKET_MS, Destination
+from timewait.doctor.nat import NatAnalysis
 from timewait.doctor.remedies import Remedy
 from timewait.doctor.rules import Finding
 
 if TYPE_CHECKING:
     from timewait.doctor import Diagnosis
 
-SCHEMA: Final = "timewait-doctor/2"
+SCHEMA: Final = "timewait-doctor/3"
 
 
 def _round(x: float | None, nd: int = 3) -> float | None:
@@ -191,5 +208,35 @@ def to_json(diagnosis: Diagnosis, *, top: int | None = 10) -> dict[str, Any]:
         },
         "destinations": [destination_json(d) for d in a.destinations(top)],
         "destinations_total": a.n_destinations,
+        "nat": nat_json(a.nat, top),
         "findings": [finding_json(f) for f in diagnosis.findings],
+    }
+
+
+def nat_json(nat: NatAnalysis | None, top: int | None = 10) -> dict[str, Any] | None:
+    """The `nat` block (issue 15): see the schema above."""
+    if nat is None:
+        return None
+    if not nat.present:
+        return {"present": False}
+    return {
+        "present": True,
+        "table_read": nat.table_read,
+        "entries": nat.entries,
+        "count": nat.count,
+        "max": nat.max,
+        "buckets": nat.buckets,
+        "fill": None if nat.fill is None else round(nat.fill, 6),
+        "memory_bytes": nat.memory_bytes,
+        "by_state": dict(nat.by_state),
+        "snat_entries": nat.snat_entries,
+        "rules": nat.rules,
+        "rules_read": nat.rules_read,
+        "random_fully": nat.random_fully,
+        "time_wait_s": nat.time_wait_s,
+        "eviction": nat.eviction,
+        "counters": dict(nat.counters),
+        "counters_delta": dict(nat.counters_delta),
+        "pools_total": len(nat.pools),
+        "pools": [p.as_dict() for p in nat.pools[:top]],
     }

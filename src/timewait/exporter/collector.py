@@ -191,6 +191,50 @@ GAUGES: Final[dict[str, tuple[str, tuple[str, ...], str]]] = {
         ("netns", "rule", "severity"),
         "",
     ),
+    # NAT (issue 15): the translated-port pools of a masquerading namespace, top K + "other".
+    "timewait_nat_pool_ports_held": (
+        "Translated ports held toward a destination, per pool (translated address -> "
+        'destination:port/proto): conntrack entries in any state. pool="other": the sum over '
+        "the pools past the top K.",
+        ("netns", "pool"),
+        "",
+    ),
+    "timewait_nat_pool_ports": (
+        "Ports of the NAT rule's range (masquerade to :lo-hi; 64512 without one), per pool. "
+        'pool="other": the sum over the rest.',
+        ("netns", "pool"),
+        "",
+    ),
+    "timewait_nat_pool_usage_ratio": (
+        "held / ports of a NAT pool; at 1 a new connection needs an eviction (Linux >= 6.5, "
+        'closing entries only) or its SYN is dropped. pool="other": sum / sum over the rest.',
+        ("netns", "pool"),
+        "ratio",
+    ),
+    "timewait_nat_pool_hard_usage_ratio": (
+        "(held - evictable) / ports: the part no SYN can reclaim (entries not in TIME_WAIT/CLOSE,"
+        ' or every entry before Linux 6.5). pool="other": the largest of the rest.',
+        ("netns", "pool"),
+        "ratio",
+    ),
+    "timewait_nat_pool_time_wait_entries": (
+        "Conntrack entries in TIME_WAIT holding a port of the pool "
+        "(nf_conntrack_tcp_timeout_time_wait, 120 s by default).",
+        ("netns", "pool"),
+        "",
+    ),
+    "timewait_nat_pools": (
+        "NAT pools (translated address, destination, port, protocol) with entries.",
+        NS,
+        "",
+    ),
+    "timewait_conntrack_entries": ("nf_conntrack_count: entries of the namespace.", NS, ""),
+    "timewait_conntrack_max": ("nf_conntrack_max (host-wide).", NS, ""),
+    "timewait_conntrack_fill_ratio": (
+        "nf_conntrack_count / nf_conntrack_max; at 1 new connections are dropped ('table full').",
+        NS,
+        "ratio",
+    ),
     "timewait_collection_duration_seconds": (
         "Seconds the last collection of the namespace took (capture + analysis).",
         NS,
@@ -287,6 +331,20 @@ COUNTERS: Final[dict[str, tuple[str, str]]] = {
     "PassiveOpens": (
         "timewait_tcp_passive_opens",
         "Tcp PassiveOpens: connections accepted from SYN_RECV.",
+    ),
+    # /proc/net/stat/nf_conntrack, summed over CPUs (issue 15)
+    "conntrack.insert_failed": (
+        "timewait_conntrack_insert_failed",
+        "conntrack insert_failed: new entries refused at confirmation (a NAT reply tuple that "
+        "clashed: no free translated port, or a race), their packets dropped.",
+    ),
+    "conntrack.drop": (
+        "timewait_conntrack_drop",
+        "conntrack drop: packets dropped by conntrack (clash, table full, ...).",
+    ),
+    "conntrack.early_drop": (
+        "timewait_conntrack_early_drop",
+        "conntrack early_drop: entries evicted to make room in a full table.",
     ),
 }
 ERRORS_TOTAL: Final = "timewait_collection_errors"  # exposed as timewait_collection_errors_total
@@ -390,6 +448,8 @@ def namespace_samples(
     if n and not np.all(np.isnan(eta)):
         yield Sample("timewait_exhaustion_eta_seconds", (), float(np.nanmin(eta)))
 
+    yield from _nat_samples(a, top_k)
+
     for f in findings:
         yield Sample("timewait_doctor_finding", (f.id, f.severity.label), 1)
 
@@ -407,6 +467,37 @@ def namespace_samples(
     for key, (name, _) in COUNTERS.items():
         if key in snap.counters:
             yield Sample(name, (), snap.counters[key])
+
+
+def _nat_samples(a: Analysis, top_k: int) -> Iterator[Sample]:
+    """NAT pools (top K by usage + one "other") and the conntrack table's fill (issue 15)."""
+    nat = a.nat
+    if nat is None or not nat.present:
+        return
+    if nat.count is not None:
+        yield Sample("timewait_conntrack_entries", (), nat.count)
+    if nat.max:
+        yield Sample("timewait_conntrack_max", (), nat.max)
+    if nat.fill is not None:
+        yield Sample("timewait_conntrack_fill_ratio", (), nat.fill)
+    yield Sample("timewait_nat_pools", (), len(nat.pools))
+    for p in nat.pools[:top_k]:
+        label = p.label.removeprefix("NAT ")
+        yield Sample("timewait_nat_pool_ports_held", (label,), p.held)
+        yield Sample("timewait_nat_pool_ports", (label,), p.size)
+        yield Sample("timewait_nat_pool_usage_ratio", (label,), p.usage)
+        yield Sample("timewait_nat_pool_hard_usage_ratio", (label,), p.hard_usage)
+        yield Sample("timewait_nat_pool_time_wait_entries", (label,), p.by_state["time_wait"])
+    rest = nat.pools[top_k:]
+    if rest:
+        held, size = sum(p.held for p in rest), sum(p.size for p in rest)
+        yield Sample("timewait_nat_pool_ports_held", (OTHER,), held)
+        yield Sample("timewait_nat_pool_ports", (OTHER,), size)
+        yield Sample("timewait_nat_pool_usage_ratio", (OTHER,), held / size if size else 0.0)
+        yield Sample("timewait_nat_pool_hard_usage_ratio", (OTHER,),
+                     max(p.hard_usage for p in rest))  # fmt: skip
+        yield Sample("timewait_nat_pool_time_wait_entries", (OTHER,),
+                     sum(p.by_state["time_wait"] for p in rest))  # fmt: skip
 
 
 def _new_family(name: str) -> Family:

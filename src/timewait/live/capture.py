@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Final
 
 from timewait.config import KernelConfig
 from timewait.errors import TimewaitError
-from timewait.live import kconfig, netlink, procnet, sysctl
+from timewait.live import ctnetlink, kconfig, netlink, procnet, sysctl
 from timewait.live import netns as _netns
 from timewait.model.states import TCP_TIMEWAIT_LEN, LinuxState
 from timewait.units import MS
@@ -95,6 +95,13 @@ class Sources:
     proc_net: str = procnet.PROC_NET
     sysctl_dir: str = sysctl.SYSCTL_DIR
     config_gz: str = kconfig.CONFIG_GZ
+    # conntrack (issue 15): a recorded ctnetlink dump, the `nft -j list ruleset` text, and a
+    # directory laid out like /proc/sys/net/netfilter. With `dump` or `conntrack_dump` set,
+    # nothing about conntrack is asked of the kernel (a fixture without netfilter_dir files
+    # is a namespace without conntrack).
+    conntrack_dump: bytes | None = None
+    nft_ruleset: str | None = None
+    netfilter_dir: str | None = None  # None: /proc/sys/net/netfilter when live
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -116,6 +123,7 @@ class Raw:
     proc_net: str
     kernel_hz: int = 0
     notes: tuple[str, ...] = field(default=())
+    conntrack: ctnetlink.State | None = None
 
 
 def read(
@@ -159,17 +167,24 @@ def read(
             tcp_text = procnet.read_tcp_text(src.proc_net)
         config, cfg_notes = sysctl.read_config(src.sysctl_dir)
         counters = procnet.read_counters(src.proc_net)
+        live = src.dump is None and src.conntrack_dump is None
+        nf_dir = src.netfilter_dir or (ctnetlink.NETFILTER_SYSCTL if live else "")
+        ct = ctnetlink.read_state(
+            src.proc_net, nf_dir, dump_bytes=src.conntrack_dump, ruleset=src.nft_ruleset,
+            live=live,
+        )  # fmt: skip
         label = target.label if target else _netns.own_label()
     if used == "proc":
         notes.append(NOTE_PROC)
     notes.extend(cfg_notes)
     if os.geteuid() != 0:
         notes.append(NOTE_UNPRIVILEGED)
+    notes.extend(ct.notes)
     return Raw(
         target=target, label=label, source=used, dump=dump, tcp_text=tcp_text, config=config,
         counters=counters, counters_before=before, t_before_ns=t_before, time_ns=time_ns,
         monotonic_ns=mono_ns, rate_window=rate_window, proc_net=src.proc_net,
-        kernel_hz=kconfig.read_hz(src.config_gz), notes=tuple(notes),
+        kernel_hz=kconfig.read_hz(src.config_gz), notes=tuple(notes), conntrack=ct,
     )  # fmt: skip
 
 
@@ -204,10 +219,11 @@ def build(raw: Raw) -> Snapshot:
         with _netns.entered(raw.target):
             counters = _stretch_window(raw.counters_before, counters, raw.t_before_ns, raw)
     t_after = time.monotonic_ns()
+    tables, ct_counters = _conntrack_tables(raw.conntrack)
     return Snapshot(
         sockets=sockets,
         config=raw.config,
-        counters=counters,
+        counters={**counters, **ct_counters},
         time_ns=raw.time_ns,
         monotonic_ns=raw.monotonic_ns,
         kernel=os.uname().release,
@@ -218,7 +234,23 @@ def build(raw: Raw) -> Snapshot:
         counters_before=raw.counters_before,
         counters_window_ns=(t_after - raw.t_before_ns) if raw.rate_window else 0,
         kernel_hz=raw.kernel_hz,
+        tables=tables,
     )
+
+
+def _conntrack_tables(ct: ctnetlink.State | None) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """The conntrack and nat_rules tables and the conntrack.* counters of what read() saw."""
+    if ct is None:
+        return {}, {}
+    from timewait.conntrack import NAT_TABLE, TABLE
+    from timewait.live import conntrack as ctdecode
+
+    tables: dict[str, np.ndarray] = {}
+    if ct.dump is not None:
+        tables[TABLE] = ctdecode.decode(ct.dump)
+    if ct.ruleset is not None:
+        tables[NAT_TABLE] = ctdecode.nat_rules(ct.ruleset)
+    return tables, dict(ct.counters)
 
 
 def capture(

@@ -165,6 +165,52 @@ def _pool_note(p: Pool) -> str:
     return ""
 
 
+def nat_table(a: Analysis, rows: int = 10) -> Table | None:
+    """The NAT pools (doctor/nat.py): translated ports per translated address and
+    destination, by conntrack state; and the table's fill (issue 15)."""
+    nat = a.nat
+    if nat is None or not nat.present or not nat.pools:
+        return None
+    fill = f"{nat.count:,}/{nat.max:,} entries ({nat.fill:.0%})" if nat.fill is not None else ""
+    drops = (
+        f"insert_failed {nat.counters.get('insert_failed', 0):,}, "
+        f"drop {nat.counters.get('drop', 0):,}"
+    )
+    tab = Table(
+        title=f"NAT pools: translated ports per destination (conntrack {fill}; {drops}; "
+        f"TIME_WAIT {nat.time_wait_s} s)",
+        title_justify="left",
+        title_style="bold",
+        show_edge=False,
+    )
+    tab.add_column("translated -> destination", no_wrap=True)
+    tab.add_column("TW", justify="right")
+    tab.add_column("ESTAB", justify="right")
+    tab.add_column("other", justify="right")
+    tab.add_column("held/ports", justify="right", no_wrap=True)
+    tab.add_column("left", justify="right")
+    tab.add_column("usage", no_wrap=True)
+    tab.add_column("evictable", justify="right")
+    tab.add_column("churn/s", justify="right")
+    tab.add_column("full in", justify="right", no_wrap=True)
+    for p in nat.pools[:rows]:
+        st = p.by_state
+        other = p.entries - st.get("time_wait", 0) - st.get("established", 0)
+        tab.add_row(
+            p.label.removeprefix("NAT "),
+            f"{st.get('time_wait', 0):,}",
+            f"{st.get('established', 0):,}",
+            f"{other:,}",
+            f"{p.held:,}/{p.size:,}",
+            f"{p.headroom:,}",
+            Text.assemble(bar(p.usage, 10), f" {p.usage:4.0%}"),
+            f"{p.reclaimable:,}" if nat.eviction else "never",
+            f"{p.churn_per_s:,.1f}",
+            human_seconds(p.eta_s),
+        )
+    return tab
+
+
 def destinations_table(rows: Iterable[Destination], total: int) -> Table:
     rows = list(rows)
     tab = Table(
@@ -254,6 +300,9 @@ def render_report(d: Diagnosis, *, top: int = 10) -> RenderableType:
     parts += [pools_table(a), Text()]
     if a.n_destinations:
         parts += [destinations_table(a.destinations(top), a.n_destinations), Text()]
+    nat = nat_table(a, top)
+    if nat is not None:
+        parts += [nat, Text()]
     if a.totals.time_wait:
         parts += [Text("TIME_WAIT timers left", style="bold"), histogram(a), Text()]
     parts.append(Text("Findings", style="bold"))
