@@ -78,3 +78,23 @@ def test_filesystem_type_takes_the_longest_mount_point(tmp_path: Path) -> None:
     assert filesystem_type("/procx", str(info)) == "ext4"
     assert filesystem_type("/my disk/a", str(info)) == "tmpfs"
     assert filesystem_type("/", str(info)) == "ext4"
+
+
+def test_write_atomic_replaces_whole_with_a_shareable_mode(tmp_path: Path) -> None:
+    from timewait.outpath import _umask, write_atomic
+
+    f = tmp_path / "report.html"
+    f.write_text("old")
+    write_atomic(f, b"new")
+    assert f.read_bytes() == b"new" and f.stat().st_mode & 0o777 == 0o666 & ~_umask()
+    assert [p.name for p in tmp_path.iterdir()] == ["report.html"]
+
+
+def test_write_atomic_leaves_no_temp_file_when_the_rename_fails(tmp_path: Path) -> None:
+    from timewait.outpath import write_atomic
+
+    target = tmp_path / "x.html"
+    (target / "inside").mkdir(parents=True)  # a non-empty directory: rename() refuses
+    with pytest.raises(OSError):
+        write_atomic(target, b"data")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.html"]

@@ -50,8 +50,9 @@ _SYSCTL_SET = frozenset(KernelConfig().to_sysctl())
 class Ctx:
     """What every subcommand gets: the environment and the output mode."""
 
-    def __init__(self, env: Environment) -> None:
+    def __init__(self, env: Environment, argv: Sequence[str] = ()) -> None:
         self.env = env
+        self.argv = tuple(argv)  # the arguments as given (the report shows its command)
         self.exit_status = ExitStatus.OK  # a command's verdict (doctor: 0/1/2)
 
     def print_rich(self, renderable: Any) -> None:
@@ -477,6 +478,30 @@ def doctor(
     obj.exit_status = diagnosis.exit_status
 
 
+def _churn_captures(
+    obj: Ctx,
+    from_files: Sequence[str],
+    netns: str | None,
+    pid: int | None,
+    interval: float,
+    source: str,
+) -> tuple[Snapshot, Snapshot | None]:
+    """plan and report: two captures `interval` s apart (each destination's churn between
+    them), one with the counters read around it (interval 0), or the saved files."""
+    if from_files:
+        return load_snapshots(from_files)
+    if not interval:
+        return capture_live(netns, pid, source, rate_window=True), None
+    import time
+
+    isatty = getattr(obj.env.stderr, "isatty", None)
+    if isatty is not None and isatty():
+        obj.env.stderr.write(f"measuring churn over {interval:g} s...\n")
+    previous = capture_live(netns, pid, source)
+    time.sleep(interval)
+    return capture_live(netns, pid, source), previous
+
+
 @cli.command("plan")
 @netns_option
 @pid_option
@@ -561,19 +586,7 @@ def plan_cmd(
         raise click.UsageError("--from takes at most two files (an earlier and a later capture)")
     if plot_path is not None:
         check_plot_path(plot_path)
-    if from_files:
-        current, previous = load_snapshots(from_files)
-    elif interval:
-        import time
-
-        isatty = getattr(obj.env.stderr, "isatty", None)
-        if isatty is not None and isatty():
-            obj.env.stderr.write(f"measuring churn over {interval:g} s...\n")
-        previous = capture_live(netns, pid, source)
-        time.sleep(interval)
-        current = capture_live(netns, pid, source)
-    else:
-        current, previous = capture_live(netns, pid, source, rate_window=True), None
+    current, previous = _churn_captures(obj, from_files, netns, pid, interval, source)
     from timewait.doctor import analyze
     from timewait.doctor.plan import plan
     from timewait.render.plan import plan_json, plan_series, render_plan
@@ -601,6 +614,131 @@ def plan_cmd(
         (obj.env.stderr if as_json else obj.env.stdout).write(f"plot written to {written}\n")
     fine = any(o.failures_per_s == 0 for d in result.destinations for o in (d.as_is, *d.options))
     obj.exit_status = ExitStatus.OK if fine or not result.destinations else ExitStatus.WARNING
+
+
+@cli.command("report")
+@click.option(
+    "-o",
+    "--output",
+    metavar="FILE.html",
+    help="Write one self-contained HTML page (works offline, prints, fits a phone) with the "
+    "findings and remedies, pools, destinations, timers, the plan and the settings. Without "
+    "it the terminal report is printed.",
+)
+@netns_option
+@pid_option
+@click.option(
+    "--from",
+    "from_files",
+    multiple=True,
+    metavar="FILE",
+    type=click.Path(dir_okay=True),
+    help="Report on saved captures instead of this host; give two captures of one namespace "
+    "for churn over the time between them.",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.0, max=600.0),
+    default=5.0,
+    show_default=True,
+    metavar="S",
+    help="Take two live captures S seconds apart for each destination's churn; 0 takes one.",
+)
+@click.option(
+    "--horizon",
+    type=click.FloatRange(min=1.0, max=86_400.0),
+    default=300.0,
+    show_default=True,
+    metavar="S",
+    help="How far ahead the plan runs each remedy (seconds).",
+)
+@click.option(
+    "--top",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    metavar="N",
+    help="Destinations to list; the plan covers the busiest three of them.",
+)
+@click.option("--no-plan", is_flag=True, help="Leave out the plan (its runs take a second).")
+@source_option
+@click.pass_obj
+def report_cmd(
+    obj: Ctx,
+    output: str | None,
+    netns: str | None,
+    pid: int | None,
+    from_files: tuple[str, ...],
+    interval: float,
+    horizon: float,
+    top: int,
+    no_plan: bool,
+    source: str,
+) -> None:
+    """The doctor's report, to share: `report -o incident.html` writes one HTML file.
+
+    The page holds everything `doctor` and `plan` say about the capture -- findings with their
+    remedies and risks, the pools a port comes from, the top destinations, the TIME_WAIT timers,
+    each remedy run forward with its curves, the settings against their defaults -- and how it
+    was captured (host, namespace, kernel, time, tool version). It fetches nothing: it opens
+    offline, in a chat preview or printed. Exit status as `doctor`: 0 healthy, 1 warnings,
+    2 critical, 3 when it cannot run.
+    """
+    _check_targets(from_files, netns, pid)
+    if len(from_files) > 2:
+        raise click.UsageError("--from takes at most two files (an earlier and a later capture)")
+    if output is not None:
+        from timewait.outpath import OutputPathError, check_output_file
+
+        if not output.lower().endswith((".html", ".htm")):
+            raise click.BadParameter(
+                f"{output}: give a file name ending in .html, e.g. incident.html",
+                param_hint=["-o", "--output"],
+            )
+        try:
+            check_output_file(output, example="incident.html")
+        except OutputPathError as e:
+            raise click.BadParameter(str(e), param_hint=["-o", "--output"]) from None
+    current, previous = _churn_captures(obj, from_files, netns, pid, interval, source)
+    from timewait.doctor import diagnose
+
+    diagnosis = diagnose(current, previous)
+    if output is None:
+        from timewait.render.report import render_report
+
+        obj.print_rich(render_report(diagnosis, top=top))
+        obj.exit_status = diagnosis.exit_status
+        return
+    import shlex
+    import time
+
+    from timewait.outpath import write_atomic
+    from timewait.render.html import Capture, render_html
+
+    the_plan = None
+    if not no_plan:
+        from timewait.doctor.plan import plan
+
+        the_plan = plan(current, diagnosis.analysis, horizon_s=horizon, top=min(top, 3))
+    command = shlex.join(["timewait", *(obj.argv or ["report"])])
+    page = render_html(
+        diagnosis, the_plan, top=top,
+        capture=Capture(command=command, generated_ns=time.time_ns()),
+    )  # fmt: skip
+    data = page.encode()
+    try:
+        write_atomic(output, data)
+    except OSError as e:
+        raise ReportWriteError(f"cannot write {output}: {e.strerror}: check the path") from None
+    obj.echo(
+        f"report written to {output} ({len(data) / 1024:,.0f} KiB, {diagnosis.status}): "
+        "open it in a browser; it needs no network"
+    )
+    obj.exit_status = diagnosis.exit_status
+
+
+class ReportWriteError(TimewaitError):
+    """The report file could not be written."""
 
 
 @cli.command("snapshot")
@@ -786,7 +924,7 @@ def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> i
     try:
         # click writes --help and --version to sys.stdout; point it at env's streams.
         with contextlib.redirect_stdout(env.stdout), contextlib.redirect_stderr(env.stderr):
-            obj = Ctx(env)
+            obj = Ctx(env, args)
             cli.main(args=args, prog_name="timewait", standalone_mode=False, obj=obj)
     except click.exceptions.Exit as e:
         return int(e.exit_code)

@@ -271,14 +271,9 @@ class Snapshot:
 
     def save(self, path: str | Path) -> None:
         """Write to `path` (conventionally *.npz); the write is atomic (temp file + rename)."""
-        p = Path(path)
-        tmp = p.with_name(p.name + ".tmp")
-        try:
-            tmp.write_bytes(self.to_bytes())
-            tmp.replace(p)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        from timewait.outpath import write_atomic
+
+        write_atomic(path, self.to_bytes())
 
     @classmethod
     def from_bytes(cls, data: bytes, *, name: str = "snapshot") -> Snapshot:

@@ -152,12 +152,12 @@ def pools_table(a: Analysis, rows: int = 8) -> Table:
             f"{p.held:,}/{p.size:,}",
             f"{p.headroom:,}",
             Text.assemble(bar(p.usage, 10), f" {p.usage:4.0%}"),
-            _pool_note(p),
+            pool_note(p),
         )
     return tab
 
 
-def _pool_note(p: Pool) -> str:
+def pool_note(p: Pool) -> str:
     if p.kind == KIND_BIND:
         return f"{p.exclusive:,} by bind()" if p.exclusive else ""
     if p.reusable:

@@ -1,0 +1,167 @@
+"""The shareable report: one self-contained HTML file (`timewait report -o FILE.html`).
+
+Pure: builds the page from a Diagnosis (and a Plan when there is one) and returns its text; the
+CLI writes it. The numbers come from the same functions as `doctor --json` and `plan --json`
+(doctor.schema, render.plan), so the page and the JSON never disagree. Jinja2 lays the page out
+(templates/report.html.j2, escaping every value); the stylesheet (templates/report.css) and the
+charts (render.charts, SVG) are inlined: the file fetches nothing, so it opens offline and in a
+chat client's preview. The layout is one column that fits a phone, with tables that scroll
+sideways inside their box, and a print stylesheet (no backgrounds, sections kept whole).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
+
+from timewait import __version__
+from timewait.config import KernelConfig
+from timewait.doctor.pools import KIND_BIND
+from timewait.doctor.schema import to_json
+from timewait.render.report import human_bytes, human_seconds, pool_note
+
+if TYPE_CHECKING:
+    from timewait.doctor import Diagnosis
+    from timewait.doctor.plan import Plan
+
+CHURN_METHOD: Final = {
+    "littles_law": "TIME_WAIT / 60 s: the average over the last minute (one capture)",
+    "tw_counter": "the kernel's TcpExt TW counter over the capture window: the rate now",
+    "tw_timers": "TIME_WAITs created between the two captures",
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Capture:
+    """How the report was made (shown at its foot)."""
+
+    command: str = ""  # the command line that made it
+    generated_ns: int = 0  # wall clock when the page was written
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def _utc(ns: int) -> str:
+    if not ns:
+        return "unknown"
+    return _dt.datetime.fromtimestamp(ns / 1e9, tz=_dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _pools(d: Diagnosis) -> list[dict[str, Any]]:
+    out = []
+    for p in d.analysis.pools(top=3):
+        if p.kind == KIND_BIND and p.address == "" and p.held == 0:
+            continue  # "any other address" with nothing bound: noise
+        out.append(
+            {
+                "label": p.label, "kind": p.kind, "held": p.held, "size": p.size,
+                "headroom": p.headroom, "usage": p.usage, "note": pool_note(p),
+            }
+        )  # fmt: skip
+    return out
+
+
+def _settings(d: Diagnosis) -> list[dict[str, Any]]:
+    now, default = d.snapshot.config.to_sysctl(), KernelConfig().to_sysctl()
+    return [
+        {
+            "name": k,
+            "value": " ".join(v.split()) or "(empty)",
+            "default": " ".join(default.get(k, "").split()) or "(empty)",
+            "changed": " ".join(v.split()) != " ".join(default.get(k, "").split()),
+        }
+        for k, v in now.items()
+    ]
+
+
+def _plan_context(plan: Plan | None) -> dict[str, Any] | None:
+    if plan is None:
+        return None
+    from timewait.render.charts import plan_svg
+    from timewait.render.plan import option_label, plan_json
+
+    doc = plan_json(plan)
+    for i, (d, dj) in enumerate(zip(plan.destinations, doc["destinations"], strict=True)):
+        labels = [option_label(o) for o in (d.as_is, *d.options)]
+        dj["labels"] = labels
+        dj["chart"] = plan_svg(d, labels, i)
+    return doc
+
+
+def _summary(doc: dict[str, Any], d: Diagnosis) -> list[dict[str, str]]:
+    a = d.analysis
+    worst = doc["pools"]["worst"]
+    counts: dict[str, int] = {}
+    for f in doc["findings"]:
+        counts[f["severity"]] = counts.get(f["severity"], 0) + 1
+    found = ", ".join(
+        f"{counts[s]} {s}" for s in ("critical", "warning", "info", "ok") if counts.get(s)
+    )
+    return [
+        {"label": "TIME_WAIT", "value": f"{doc['totals']['time_wait']:,}",
+         "note": f"{doc['totals']['time_wait_client']:,} client side"},
+        {"label": "churn", "value": f"{doc['churn_per_s']:,.1f}/s",
+         "note": "TIME_WAITs made per second"},
+        {"label": "usable ports", "value": f"{doc['ports']['capacity']:,}",
+         "note": "range {}-{}".format(*doc["ports"]["range"])},
+        {"label": "fullest pool", "value": f"{worst['usage']:.0%}",
+         "note": f"{worst['label']}: {worst['headroom']:,} left"},
+        {"label": "kernel memory", "value": human_bytes(a.memory.total),
+         "note": "TIME_WAIT and sockets"},
+        {"label": "findings", "value": str(len(doc["findings"])), "note": found},
+    ]  # fmt: skip
+
+
+def context(
+    d: Diagnosis, plan: Plan | None = None, *, top: int = 10, capture: Capture | None = None
+) -> dict[str, Any]:
+    """Everything the template shows, as plain values (tests read the numbers from here)."""
+    from timewait.render.charts import timer_histogram_svg
+
+    capture = capture or Capture()
+    doc = to_json(d, top=top)
+    a = d.analysis
+    window = a.interval_s or a.rate_window_s
+    hist = doc["timer_histogram"]
+    return {
+        "doc": doc,
+        "title": f"timewait report: {d.status} · {d.snapshot.namespace}"
+        + (f" on {d.snapshot.hostname}" if d.snapshot.hostname else ""),
+        "captured": _utc(d.snapshot.time_ns),
+        "generated": _utc(capture.generated_ns),
+        "version": __version__,
+        "command": capture.command,
+        "extra": capture.extra,
+        "churn_method": CHURN_METHOD[doc["churn_method"]]
+        + (f" ({window:.2f} s)" if window else ""),
+        "summary": _summary(doc, d),
+        "pools": _pools(d),
+        "destinations": doc["destinations"],
+        "nat": doc["nat"] if doc["nat"] and doc["nat"].get("pools") else None,
+        "timers_chart": timer_histogram_svg(hist["counts"], hist["bucket_s"])
+        if d.analysis.totals.time_wait
+        else "",
+        "settings": _settings(d),
+        "plan": _plan_context(plan),
+    }
+
+
+def render_html(
+    d: Diagnosis, plan: Plan | None = None, *, top: int = 10, capture: Capture | None = None
+) -> str:
+    """The page, as text."""
+    from importlib.resources import files
+
+    import jinja2
+
+    templates = files("timewait.render") / "templates"
+    env = jinja2.Environment(
+        autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True
+    )
+    env.filters["num"] = lambda x: "-" if x is None else f"{x:,}"
+    env.filters["pct"] = lambda x: "-" if x is None else f"{x:.0%}"
+    env.filters["secs"] = human_seconds
+    env.filters["when"] = lambda s: "never" if s is None else f"in {human_seconds(s)}"
+    page = env.from_string((templates / "report.html.j2").read_text())
+    css = (templates / "report.css").read_text()
+    return page.render(css=css, **context(d, plan, top=top, capture=capture))
