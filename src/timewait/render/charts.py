@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     from timewait.doctor.plan import DestinationPlan
 
 
-STYLE: Final = {"svg.fonttype": "none", "font.size": 9.0, "axes.titlesize": 9.0}
+# Any: matplotlib types rc keys as a Literal of every name, which a plain dict never matches.
+STYLE: Final[Any] = {"svg.fonttype": "none", "font.size": 9.0, "axes.titlesize": 9.0}
 
 
 def _figure(width_in: float, height_in: float) -> Figure:
@@ -36,7 +37,8 @@ def to_svg(fig: Figure, salt: str, title: str) -> str:
     import matplotlib
 
     buf = io.StringIO()
-    with matplotlib.rc_context({**STYLE, "svg.hashsalt": salt}):
+    rc: Any = {**STYLE, "svg.hashsalt": salt}
+    with matplotlib.rc_context(rc):
         fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
     svg = buf.getvalue()
     svg = svg[svg.index("<svg") :]  # the XML declaration and DOCTYPE belong to files, not pages
