@@ -64,6 +64,9 @@ def test_every_remedy_that_applies_is_run_and_ranked() -> None:
     assert order[0] == "pool"  # ties: the doctor's order of preference
     assert order[-1] == "more-destinations"  # a transient ranks last
     assert all(o.risk for o in d.options)
+    # Ports left as the doctor counts them: under tcp_tw_reuse only the TIME_WAITs younger than
+    # tcp_tw_reuse_delay (1 s: 30 of them at 30/s) are held.
+    assert by["tw-reuse"].headroom == pytest.approx(1000 - RATE * 1.0, abs=2)
 
 
 def test_a_remedy_too_small_still_fails_and_ranks_below_those_that_do_not() -> None:

@@ -45,7 +45,7 @@ from timewait.doctor.kernels import kernel_of
 from timewait.doctor.pools import is_loopback
 from timewait.errors import TimewaitError
 from timewait.model.states import TCP_TIMEWAIT_LEN
-from timewait.sim.flow import FlowWorkload, simulate, usable_ports
+from timewait.sim.flow import FlowWorkload, reuse_applies, simulate, usable_ports
 from timewait.snapshot import TCP_TIME_WAIT, Snapshot, addr_bytes
 from timewait.units import MS, SEC
 
@@ -259,6 +259,13 @@ def _run(setup: _Setup, option: str, horizon_s: float, hz: int) -> OptionResult:
     # Destination 0 is the fullest (it starts with the capture's four-tuples); the series is
     # summed over all, so its share is at least the mean.
     held = np.asarray(res.ports_in_use[-k:], dtype=np.float64) / n_dest
+    if reuse_applies(setup.config, setup.workload):
+        # Ports left as the doctor counts them: a TIME_WAIT past tcp_tw_reuse_delay is a port
+        # connect() can take (tcp_twsk_unique(), ref 3), so only the younger ones are held --
+        # the last delay's worth of connections -- besides the open ones.
+        young = np.asarray(res.connections_per_s[-k:]) * (setup.config.tcp_tw_reuse_delay / 1000)
+        tw = np.asarray(res.time_wait[-k:], dtype=np.float64)
+        held = (np.asarray(res.established[-k:]) + np.minimum(young, tw)) / n_dest
     per_dest = float(held.max()) if held.size else 0.0
     rem = setup.remedy
     return OptionResult(

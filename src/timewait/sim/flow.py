@@ -194,6 +194,16 @@ def arrival_times(workload: FlowWorkload, rng: random.Random) -> Callable[[], in
     return poisson
 
 
+def reuse_applies(config: KernelConfig, w: FlowWorkload) -> bool:
+    """The tcp_twsk_unique() conditions that do not depend on the minisocket's age (ref 3):
+    tw_reuse_enabled(); tw_ts_recent_stamp != 0 needs timestamps both ways."""
+    return (
+        tw_reuse_enabled(config, loopback=w.loopback)
+        and config.timestamps_enabled
+        and w.peer_timestamps
+    )
+
+
 class _FlowRun:
     """One run of `simulate()`: the client namespace's state and the three event kinds.
 
@@ -217,13 +227,7 @@ class _FlowRun:
         self.time_wait_len = time_wait_len
         self.timer_hz = timer_hz
         self.outcomes = outcomes
-        # tcp_twsk_unique() conditions that do not depend on the minisocket's age (ref 3):
-        # tw_reuse_enabled(); tw_ts_recent_stamp != 0 needs timestamps both ways.
-        self.reuse = (
-            tw_reuse_enabled(config, loopback=w.loopback)
-            and config.timestamps_enabled
-            and w.peer_timestamps
-        )
+        self.reuse = reuse_applies(config, w)
         self.max_tw = config.tcp_max_tw_buckets
         self.client_first = w.client_closes_first
         self.lifetime = w.lifetime
