@@ -45,6 +45,7 @@ class Page:
     viewport_width: int = 0
     png: bytes = b""
     pdf: bytes = b""
+    shots: dict[str, bytes] = field(default_factory=dict)  # CSS selector -> PNG of that element
 
 
 class _Pipe:
@@ -111,8 +112,16 @@ def _collect(events: list[dict[str, Any]], page: Page) -> None:
                 page.requests.append(url)
 
 
-def open_page(path: str | Path, *, width: int = 390, height: int = 844, pdf: bool = False) -> Page:
-    """Load `path` in Chromium at a phone's size; see the module doc for what comes back."""
+def open_page(
+    path: str | Path,
+    *,
+    width: int = 390,
+    height: int = 844,
+    pdf: bool = False,
+    shots: tuple[str, ...] = (),
+) -> Page:
+    """Load `path` in Chromium at a phone's size; see the module doc for what comes back.
+    `shots`: CSS selectors of elements to picture on their own."""
     exe = chromium_path()
     assert exe, "chromium is not installed (scripts/system-packages.sh installs it)"
     url = Path(path).resolve().as_uri()
@@ -135,8 +144,11 @@ def open_page(path: str | Path, *, width: int = 390, height: int = 844, pdf: boo
 
         def preexec() -> None:  # the pipe's ends as fds 3 and 4 (dup2 makes them inheritable)
             dies_with_us()
-            os.dup2(cmd_r, 3)
-            os.dup2(res_w, 4)
+            # Copies first: a pipe end may already be fd 3 or 4, and dup2(3, 3) would leave
+            # its close-on-exec flag set.
+            a, b = os.dup(cmd_r), os.dup(res_w)
+            os.dup2(a, 3)
+            os.dup2(b, 4)
 
         # close_fds=False: closing runs after preexec_fn and would close 3 and 4 again; Python's
         # own descriptors are not inheritable, so nothing else reaches the browser.
@@ -169,6 +181,16 @@ def open_page(path: str | Path, *, width: int = 390, height: int = 844, pdf: boo
             page.viewport_width = js("window.innerWidth")
             shot = pipe.send("Page.captureScreenshot", s, format="png", captureBeyondViewport=True)
             page.png = base64.b64decode(shot["data"])
+            for sel in shots:
+                box = js(
+                    f"(r => [r.x, r.y + scrollY, r.width, r.height])"
+                    f"(document.querySelector({json.dumps(sel)}).getBoundingClientRect())"
+                )
+                x, y, w, h = box
+                clip = {"x": x, "y": y, "width": w, "height": h, "scale": 1}
+                shot = pipe.send("Page.captureScreenshot", s, format="png", clip=clip,
+                                 captureBeyondViewport=True)  # fmt: skip
+                page.shots[sel] = base64.b64decode(shot["data"])
             if pdf:
                 page.pdf = base64.b64decode(pipe.send("Page.printToPDF", s)["data"])
             with contextlib.suppress(Exception):
