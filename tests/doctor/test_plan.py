@@ -107,3 +107,33 @@ def test_one_snapshot_says_its_churn_is_littles_law() -> None:
     now = capture_at(T0)
     p = plan(now, analyze(now))  # type: ignore[arg-type]
     assert "Little's law" in p.churn_basis and "--interval" in p.churn_basis
+
+
+def test_plan_on_the_simulators_own_snapshots_reproduces_the_closed_forms() -> None:
+    """Issue 16 item 4: the packet-level simulator churns 30 connections a second into 1,000
+    ports; its client host is captured (snapshot.from_host) at 5 s and at 10 s, and the plan from
+    those captures gives the closed forms within 2%."""
+    import random
+
+    from timewait.model.host import Host
+    from timewait.sim.network import Network
+    from timewait.sim.workloads import RequestClient, Server
+    from timewait.snapshot import from_host
+    from timewait.units import SEC
+
+    net = Network(rng=random.Random(1))
+    client = net.add_host(Host(name="client", addrs=[C], config=RANGE, rng=random.Random(2)))
+    server = net.add_host(Host(name="server", addrs=[S1], rng=random.Random(3)))
+    Server(net, server, port=80)
+    RequestClient(net, client, dests=[(S1, 80)], interval=SEC // 30, count=30 * 11)
+    net.run(5 * SEC)
+    before = from_host(client, net.now)
+    net.run(10 * SEC)
+    now = from_host(client, net.now)
+    p = plan(now, analyze(now, before), horizon_s=300)
+    (d,) = p.destinations
+    assert d.time_wait_now == pytest.approx(300, abs=2)  # what the simulator holds at 10 s
+    assert d.churn_per_s == pytest.approx(RATE, rel=0.02)
+    assert d.as_is.onset_s == pytest.approx(1000 / RATE - 10, rel=0.02)
+    assert d.as_is.failures_per_s == pytest.approx(RATE - 1000 / 60, rel=0.02)
+    assert all(o.failures_per_s == 0 for o in d.options if o.option != "more-destinations")
