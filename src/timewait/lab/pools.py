@@ -145,7 +145,8 @@ def _wait_routable(addr: str, timeout: float = 10.0) -> None:
     """Wait until the kernel routes to an IPv6 address just added. Even with nodad its local
     route goes in from the addrconf work queue (addrconf_dad_completed() -> ipv6_ifa_notify()),
     not from the `ip addr add` call: on a loaded machine a connect() right after failed with
-    ENETUNREACH (measured, 1 run in ~50). A UDP connect() only looks the route up."""
+    ENETUNREACH (seen in a full test run beside other loads). A UDP connect() only looks the
+    route up."""
     deadline = time.monotonic() + timeout
     while True:
         with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as u:
