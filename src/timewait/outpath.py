@@ -130,6 +130,12 @@ def write_atomic(path: str | Path, data: bytes) -> None:
     import tempfile
 
     p = Path(path)
+    try:
+        mode = p.stat().st_mode
+    except FileNotFoundError:
+        mode = stat.S_IFREG
+    if not stat.S_ISREG(mode):  # as root the rename would replace a device node or a socket
+        raise OutputPathError(f"{p} is not a regular file: give the name of a file to create")
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent or ".")
     try:
         os.fchmod(fd, 0o666 & ~_umask())
