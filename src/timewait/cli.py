@@ -335,6 +335,13 @@ def load_snapshots(files: Sequence[str]) -> tuple[Snapshot, Snapshot | None]:
     if len(snaps) == 1:
         return snaps[0], None
     older, newer = sorted(snaps, key=lambda s: (s.monotonic_ns, s.time_ns))
+    if (older.namespace, older.hostname) != (newer.namespace, newer.hostname):
+        where = [f"{s.namespace}" + (f" on {s.hostname}" if s.hostname else "") for s in snaps]
+        raise click.BadParameter(
+            f"the two --from files are captures of different namespaces ({where[0]}; "
+            f"{where[1]}): rates need two captures of one namespace",
+            param_hint="--from",
+        )
     if newer.monotonic_ns <= older.monotonic_ns:
         raise click.BadParameter(
             "the two --from files were taken at the same instant (or by different sources): "
