@@ -808,8 +808,27 @@ def top_all_netns(
     metavar="N",
     help='Destinations exported one by one per namespace; the rest are one "other" series.',
 )
+@all_netns_option
+@click.option(
+    "--max-netns",
+    type=click.IntRange(min=0, max=10_000),
+    default=20,
+    show_default=True,
+    metavar="N",
+    help="With --all-netns: namespaces exported one by one besides the node's own (the N "
+    'nearest exhaustion); the rest are summed into netns="other".',
+)
+@pods_dir_option
 @click.pass_obj
-def exporter_cmd(obj: Ctx, listen: str | None, netns_list: tuple[str, ...], top_k: int) -> None:
+def exporter_cmd(
+    obj: Ctx,
+    listen: str | None,
+    netns_list: tuple[str, ...],
+    top_k: int,
+    all_netns: bool,
+    max_netns: int,
+    pods_dir: str | None,
+) -> None:
     """Serve Prometheus metrics: sockets by state, TIME_WAIT by side, per-destination port
     usage for the top N destinations (plus one "other"), kernel TIME_WAIT counters, time to
     exhaustion, sysctls, and the doctor's findings. Every series has a `netns` label.
@@ -817,7 +836,15 @@ def exporter_cmd(obj: Ctx, listen: str | None, netns_list: tuple[str, ...], top_
     Each scrape takes a fresh snapshot (shared by scrapes within 1 s). A namespace that fails
     later (deleted, say) is reported as timewait_collection_error, not by failing the scrape.
     Stops cleanly on Ctrl-C and SIGTERM.
+
+    With --all-netns (a node, deploy/kubernetes/): every network namespace, with the labels
+    namespace, pod and container besides netns; the node's own and the --max-netns nearest
+    exhaustion one by one, the rest summed into netns="other".
     """
+    if all_netns and netns_list:
+        raise click.UsageError("--all-netns exports every namespace: leave out --netns")
+    if pods_dir and not all_netns:
+        raise click.UsageError("--pods-dir names pods for --all-netns: add --all-netns")
     try:
         from timewait.exporter import DEFAULT_LISTEN
         from timewait.exporter.server import check_cli_listen, serve
@@ -831,7 +858,10 @@ def exporter_cmd(obj: Ctx, listen: str | None, netns_list: tuple[str, ...], top_
         check_cli_listen(listen)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--listen") from None
-    serve(listen=listen, netns=netns_list, top_k=top_k, log_stream=obj.env.stderr)
+    serve(
+        listen=listen, netns=netns_list, top_k=top_k, log_stream=obj.env.stderr,
+        all_netns=all_netns, max_netns=max_netns, pods_dir=pods_dir,
+    )  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> int:
