@@ -8,11 +8,15 @@
 
 Theory of operation
 -------------------
-Streaming, so memory holds a few namespaces at a time whatever the machine runs: a reader
-thread enters each namespace in turn and reads it (capture.read: standard library, mostly
-kernel time outside the GIL) into a small bounded queue, while the caller's thread decodes and
-analyzes the one before. On two cores the dump of one namespace and the analysis of the last
-overlap.
+Streaming, so memory holds a few namespaces at a time whatever the machine runs: reader
+threads (READERS, one per core up to two) enter namespaces in turn and read them
+(capture.read: standard library, mostly kernel time outside the GIL) into a small bounded
+queue, while the caller's thread decodes and analyzes what they read. Why two: a sock_diag dump
+walks the kernel's hash tables, which are global unless a namespace was made with its own
+(tcp_child_ehash_entries), so each namespace's dump costs in proportion to every socket of the
+MACHINE (200 namespaces x 1,000 TIME_WAITs: ~10 ms each, whatever the namespace holds). That
+walk is kernel time on the reading thread, and two threads walk on two cores at once. Results
+come in the order they are read, which is not quite discovery's.
 
 Entering: each namespace is opened by the first of its paths that still opens AND has the
 discovered inode (a pid may have been reused by a process of another namespace, a /run/netns
@@ -54,6 +58,7 @@ if TYPE_CHECKING:
     from timewait.snapshot import Snapshot
 
 QUEUE_SIZE: Final = 4  # namespaces read ahead of the analysis
+READERS: Final = min(2, os.cpu_count() or 1)
 GONE: Final = "vanished during the scan"
 
 
@@ -128,8 +133,9 @@ def read_all(
     rate_window: bool = True,
     queue_size: int = QUEUE_SIZE,
     before_each: Callable[[FoundNamespace], None] | None = None,
+    readers: int = READERS,
 ) -> Iterator[_Item]:
-    """Read each namespace on a reader thread: (found, Raw, fd) -- close fd once built -- or
+    """Read each namespace on reader threads: (found, Raw, fd) -- close fd once built -- or
     Skipped. NeedRoot propagates (no namespace but our own can be read without it).
 
     `before_each(found)` runs on the reader thread just before each namespace is opened (a
@@ -151,6 +157,12 @@ def read_all(
 
     q: queue.Queue[_Item | BaseException | None] = queue.Queue(maxsize=queue_size)
     stop = threading.Event()
+    pending = iter(todo)
+    take = threading.Lock()
+
+    def next_one() -> FoundNamespace | None:
+        with take:
+            return next(pending, None)
 
     def put(item: _Item | BaseException | None) -> bool:
         while not stop.is_set():
@@ -163,7 +175,7 @@ def read_all(
 
     def reader() -> None:
         try:
-            for found in todo:
+            while (found := next_one()) is not None:
                 if stop.is_set():
                     return
                 if before_each is not None:
@@ -195,19 +207,26 @@ def read_all(
         except BaseException as e:  # NeedRoot, or a bug: re-raised in the caller's thread
             put(e)
 
-    thread = threading.Thread(target=reader, name="timewait-scan", daemon=True)
-    thread.start()
+    n = max(1, min(readers, len(todo)))
+    threads = [
+        threading.Thread(target=reader, name=f"timewait-scan-{i}", daemon=True) for i in range(n)
+    ]
+    for t in threads:
+        t.start()
     try:
-        while True:
+        done = 0
+        while done < n:
             got = q.get()
             if got is None:
-                return
+                done += 1
+                continue
             if isinstance(got, BaseException):
                 raise got
             yield got
     finally:
         stop.set()
-        thread.join()
+        for t in threads:
+            t.join()
         while True:  # fds of items read ahead that nobody will build
             try:
                 left = q.get_nowait()
@@ -225,6 +244,7 @@ def capture_all(
     rate_window: bool = True,
     queue_size: int = QUEUE_SIZE,
     before_each: Callable[[FoundNamespace], None] | None = None,
+    readers: int = READERS,
 ) -> Iterator[Captured | Skipped]:
     """Snapshots of `namespaces` (from discover()), in order, built on the caller's thread.
 
@@ -233,7 +253,7 @@ def capture_all(
     """
     for item in read_all(
         namespaces, source=source, rate_window=rate_window, queue_size=queue_size,
-        before_each=before_each,
+        before_each=before_each, readers=readers,
     ):  # fmt: skip
         if isinstance(item, Skipped):
             yield item
