@@ -109,7 +109,7 @@ def render_ranking(
     for n in notes:
         parts.append(Text(f"note: {n}", style="dim"))
     worst = [(m, d) for m, d in ranking.worst_diagnoses() if m.status != "healthy"]
-    if not worst and members:
+    if ranking.status == "healthy" and members:
         m = members[0]
         parts += [
             Text(),
