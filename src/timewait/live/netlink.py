@@ -85,9 +85,10 @@ _REQ_COMPAT: Final = struct.Struct("=BBBB48sII")
 def encode_one_walk_request(states: int = ALL_STATES, *, seq: int = 1) -> bytes:
     """One TCPDIAG_GETSOCK dump request: TCP sockets of both families in `states`."""
     body = _REQ_COMPAT.pack(0, 0, 0, 0, b"\0" * 48, states & 0xFFFFFFFF, 0)
-    return _HDR.pack(
-        NLMSG_HDRLEN + len(body), TCPDIAG_GETSOCK, NLM_F_REQUEST | NLM_F_DUMP, seq, 0
-    ) + body
+    return (
+        _HDR.pack(NLMSG_HDRLEN + len(body), TCPDIAG_GETSOCK, NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
+        + body
+    )
 
 
 def dump_one_walk(sock: socket.socket, *, states: int = ALL_STATES) -> bytes:
