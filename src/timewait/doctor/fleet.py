@@ -1,7 +1,7 @@
 """The doctor across every network namespace of a node (`doctor --all-netns`, issue 14).
 
     ranking = Ranking(keep=3, documents=True, top=10)
-    for labels, diagnosis in ...:            # one per namespace (timewait.live.scan)
+    for labels, diagnosis in ...:            # one per namespace (live.scan)
         ranking.add(diagnosis)                # labels ride in diagnosis.snapshot.labels
     ranking.skip(labels, "vanished during the scan")
     ranking.members()                         # nearest exhaustion first
