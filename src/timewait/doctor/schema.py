@@ -6,6 +6,10 @@ and per destination `headroom`, `reusable`, `bound` and `bind_like`; `capacity` 
 now leave out the ports bind() holds (inferred, see README "Pools") and count TIME_WAITs that
 tcp_tw_reuse takes over as free; remedies gain `code_c`.
 
+`doctor --all-netns --json` is another document, "timewait-doctor-all/1" (doctor/fleet.py): it
+wraps one of these per network namespace, under `namespaces[].doctor`, with the namespace's
+labels (pod, namespace, container, netns, ...) and rank beside it.
+
     schema            "timewait-doctor/2"
     status            "healthy" | "warning" | "critical"   (exit status 0 | 1 | 2)
     exit_status       0 | 1 | 2
