@@ -253,8 +253,31 @@ def test_unnamed_namespace_gone_between_discovery_and_arming_is_skipped() -> Non
     assert len(got) == 1 and isinstance(got[0], Skipped)
 
 
-def test_all_netns_refuses_other_targets() -> None:
-    r = subprocess.run([TIMEWAIT, "doctor", "--all-netns", "--netns", "x"],
-                       capture_output=True, text=True, check=False)  # fmt: skip
-    assert r.returncode == 4 or r.returncode != 0
-    assert "cannot be combined" in r.stderr and len(r.stderr.splitlines()) == 1
+def test_top_all_netns_prints_one_ranked_frame(node: object) -> None:
+    """Off a terminal, `top --all-netns` prints one frame: our pods, nearest first."""
+    env = {**os.environ, "TIMEWAIT_DOCKER_DIR": node.roots.docker}  # type: ignore[attr-defined]
+    r = subprocess.run(
+        [TIMEWAIT, "top", "--all-netns", "--pods-dir", node.roots.pods, "--top", "500"],  # type: ignore[attr-defined]
+        capture_output=True, text=True, env=env, timeout=300, check=False,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "timewait top --all-netns" in r.stdout
+    rows = [ln for ln in r.stdout.splitlines() if "shop/" in ln]
+    shop = ["shop/checkout-7d9f6c-x2x4q", "shop/cart-5b8c7-p9t2m", "shop/search-6c5d4-kq8zr"]
+    assert [ln.split("│")[0].strip() for ln in rows] == shop
+    assert "97" in rows[0]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["exporter", "--all-netns", "--netns", "x"],
+        ["doctor", "--pods-dir", "/tmp"],
+        ["top", "--all-netns", "--pid", "1"],
+        ["doctor", "--all-netns", "--interval", "2"],
+    ],
+)
+def test_all_netns_usage_errors_are_one_line(args: list[str]) -> None:
+    r = subprocess.run([TIMEWAIT, *args], capture_output=True, text=True, check=False)
+    assert r.returncode == 64, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "usage error" in r.stderr
