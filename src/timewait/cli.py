@@ -450,7 +450,10 @@ def doctor_all_netns(
     try:
         for item in capture_all(found.namespaces, source=source, rate_window=rate_window):
             if isinstance(item, Captured):
-                ranking.add(diagnose(item.snapshot))
+                try:
+                    ranking.add(diagnose(item.snapshot))
+                except Exception as e:  # one namespace's bad table is not the node's report
+                    ranking.skip(item.found.labels, f"could not be analyzed: {e!r}")
             else:
                 ranking.skip(item.found.labels, item.reason)
     except NeedRoot as e:

@@ -155,7 +155,11 @@ class FleetTopState:
             inode = int(snap.labels.get("inode", "0") or 0)
             prev = self.previous.get(inode)
             older = prev is not None and snap.monotonic_ns > prev.monotonic_ns
-            d: Diagnosis = diagnose(snap, prev if older else None)
+            try:
+                d: Diagnosis = diagnose(snap, prev if older else None)
+            except Exception:  # one namespace's bad table is not the view's
+                skipped += 1
+                continue
             members.append(member_of(d))
             seen[inode] = snap
         self.previous = seen
