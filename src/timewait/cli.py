@@ -390,7 +390,7 @@ all_netns_option = click.option(
 pods_dir_option = click.option(
     "--pods-dir",
     metavar="DIR",
-    type=click.Path(file_okay=False),
+    type=click.Path(exists=True, file_okay=False),
     help="The kubelet's pod log directory, for pod names with --all-netns; its sibling "
     "`containers` names containers. [default: $TIMEWAIT_PODS_DIR or /var/log/pods]",
 )
