@@ -389,6 +389,102 @@ source_option = click.option(
 )
 
 
+all_netns_option = click.option(
+    "--all-netns",
+    is_flag=True,
+    help="Every network namespace of the machine (containers, pods, `ip netns`), each named by "
+    "its pod, container, netns name or process (needs root).",
+)
+pods_dir_option = click.option(
+    "--pods-dir",
+    metavar="DIR",
+    type=click.Path(exists=True, file_okay=False),
+    help="The kubelet's pod log directory, for pod names with --all-netns; its sibling "
+    "`containers` names containers. [default: $TIMEWAIT_PODS_DIR or /var/log/pods]",
+)
+
+
+def _check_all_netns(all_netns: bool, from_files: Sequence[str], netns: Any, pid: Any) -> None:
+    if all_netns and (from_files or netns or pid):
+        raise click.UsageError(
+            "--all-netns looks at every namespace: it cannot be combined with --netns/--pid/--from"
+        )
+
+
+def _discover_while_importing(pods_dir: str | None) -> Any:
+    """Discovery (stdlib, /proc and a few directories) on a thread while this one imports
+    numpy and the doctor."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from timewait.live.discover import Roots, discover
+
+    with ThreadPoolExecutor(1, thread_name_prefix="timewait-discover") as pool:
+        found = pool.submit(discover, Roots.from_env(pods_dir))
+        import timewait.doctor
+        import timewait.live.sockdiag  # noqa: F401
+
+        return found.result()
+
+
+class AllNetnsNeedRoot(TimewaitError):
+    """--all-netns without the privileges to enter other namespaces."""
+
+
+def _need_root_all(e: Exception) -> AllNetnsNeedRoot:
+    return AllNetnsNeedRoot(
+        f"--all-netns needs root: {e}".replace(
+            "run with sudo, or run timewait inside that namespace (`ip netns exec NAME "
+            "timewait ...`)",
+            "run with sudo (CAP_SYS_ADMIN enters namespaces, CAP_SYS_PTRACE sees every process's)",
+        )
+    )
+
+
+def doctor_all_netns(
+    obj: Ctx, *, pods_dir: str | None, source: str, top: int | None, worst: int, rows: int,
+    as_json: bool, rate_window: bool,
+) -> None:  # fmt: skip
+    """`doctor --all-netns`: discover, capture each namespace, diagnose, rank, render."""
+    import os
+
+    from timewait.live.netns import NeedRoot
+
+    found = _discover_while_importing(pods_dir)
+    from timewait.doctor import diagnose
+    from timewait.doctor.fleet import Ranking
+    from timewait.live.scan import Captured, capture_all
+
+    ranking = Ranking(keep=0 if as_json else worst, documents=as_json, top=top)
+    try:
+        for item in capture_all(found.namespaces, source=source, rate_window=rate_window):
+            if isinstance(item, Captured):
+                try:
+                    ranking.add(diagnose(item.snapshot))
+                except Exception as e:  # one namespace's bad table is not the node's report
+                    ranking.skip(item.found.labels, f"could not be analyzed: {e!r}")
+            else:
+                ranking.skip(item.found.labels, item.reason)
+    except NeedRoot as e:
+        raise _need_root_all(e) from None
+    uname = os.uname()
+    if as_json:
+        obj.emit_json(ranking.to_json(hostname=uname.nodename, kernel=uname.release,
+                                      notes=found.notes))  # fmt: skip
+    else:
+        from timewait.render.fleet import render_ranking
+
+        obj.print_rich(
+            render_ranking(
+                ranking,
+                hostname=uname.nodename,
+                notes=found.notes,
+                rows=rows or None,
+                top=top or 10_000,
+            )
+        )
+    obj.exit_status = ranking.exit_status
+
+
 def _check_targets(from_files: Sequence[str], netns: str | None, pid: int | None) -> None:
     if from_files and (netns or pid):
         raise click.UsageError(
@@ -401,6 +497,25 @@ def _check_targets(from_files: Sequence[str], netns: str | None, pid: int | None
 @cli.command("doctor")
 @netns_option
 @pid_option
+@all_netns_option
+@pods_dir_option
+@click.option(
+    "--worst",
+    type=click.IntRange(min=0),
+    default=3,
+    show_default=True,
+    metavar="N",
+    help="With --all-netns: full reports for the N namespaces nearest exhaustion that are "
+    "not healthy (0 = the table only).",
+)
+@click.option(
+    "--rows",
+    type=click.IntRange(min=0),
+    default=20,
+    show_default=True,
+    metavar="N",
+    help="With --all-netns: namespaces listed in the ranking table (0 = all).",
+)
 @click.option(
     "--from",
     "from_files",
@@ -434,6 +549,10 @@ def doctor(
     obj: Ctx,
     netns: str | None,
     pid: int | None,
+    all_netns: bool,
+    pods_dir: str | None,
+    worst: int,
+    rows: int,
     from_files: tuple[str, ...],
     interval: float | None,
     top: int,
@@ -447,8 +566,14 @@ def doctor(
     the ports in use against the ports connect() can use, churn and time to exhaustion, and
     checks the kernel settings. Findings come with remedies correct for the captured kernel.
 
-    Exit status: 0 healthy, 1 warnings, 2 critical (3 when it cannot run).
+    With --all-netns: every network namespace of the machine, ranked by nearness to exhaustion
+    (each one's fullest pool), then the full report of the worst ones; --json holds one
+    document per namespace with its labels (pod, namespace, container, netns).
+
+    Exit status: 0 healthy, 1 warnings, 2 critical (3 when it cannot run); with --all-netns,
+    the worst namespace's.
     """
+    _check_all_netns(all_netns, from_files, netns, pid)
     _check_targets(from_files, netns, pid)
     if len(from_files) > 2:
         raise click.UsageError("--from takes at most two files (an earlier and a later capture)")
@@ -461,6 +586,19 @@ def doctor(
             f"{interval} is too short to measure a rate: give 0.1-60 s, or 0 for one snapshot",
             param_hint="--interval",
         )
+    if all_netns:
+        if interval:
+            raise click.UsageError(
+                "--interval takes two snapshots of one namespace; with --all-netns give "
+                "--interval 0 (one snapshot each) or leave it out (a rate window for each)"
+            )
+        doctor_all_netns(
+            obj, pods_dir=pods_dir, source=source, top=None if top == 0 else top, worst=worst,
+            rows=rows, as_json=as_json, rate_window=interval is None,
+        )  # fmt: skip
+        return
+    if pods_dir:
+        raise click.UsageError("--pods-dir names pods for --all-netns: add --all-netns")
     if from_files:
         current, previous = load_snapshots(from_files)
     elif interval:
@@ -801,6 +939,8 @@ class SnapshotWriteError(TimewaitError):
 @cli.command("top")
 @netns_option
 @pid_option
+@all_netns_option
+@pods_dir_option
 @click.option(
     "--from",
     "from_files",
@@ -831,6 +971,8 @@ def top_cmd(
     obj: Ctx,
     netns: str | None,
     pid: int | None,
+    all_netns: bool,
+    pods_dir: str | None,
     from_files: tuple[str, ...],
     interval: float,
     top: int,
@@ -839,10 +981,19 @@ def top_cmd(
     """A live view: TIME_WAIT and churn sparklines, top destinations by port usage, time to
     exhaustion. Refreshes every second; q or Ctrl-C quits and restores the terminal.
 
+    With --all-netns: every network namespace of the machine, nearest exhaustion first (N =
+    namespaces shown), each named by its pod, container, netns name or process.
+
     When stdout is not a terminal (a pipe, a file), prints one frame and exits.
     """
     from timewait.render.top import TopState, render_frame, run_top
 
+    _check_all_netns(all_netns, from_files, netns, pid)
+    if all_netns:
+        top_all_netns(obj, pods_dir=pods_dir, source=source, interval=interval, top=top)
+        return
+    if pods_dir:
+        raise click.UsageError("--pods-dir names pods for --all-netns: add --all-netns")
     _check_targets(from_files, netns, pid)
     if from_files:
         from timewait.snapshot import Snapshot
@@ -867,6 +1018,40 @@ def top_cmd(
         obj.print_rich(render_frame(state, width=console.width, top=top))
         return
     run_top(source_fn, console, interval=interval, top=top)
+
+
+def top_all_netns(
+    obj: Ctx, *, pods_dir: str | None, source: str, interval: float, top: int
+) -> None:
+    """`top --all-netns`: rescan the machine every interval (namespaces come and go)."""
+    from timewait.live.discover import Roots, discover
+    from timewait.live.netns import NeedRoot
+    from timewait.live.scan import Captured, capture_all
+    from timewait.render.fleet import FleetTopState, render_fleet_frame, run_fleet_top
+
+    roots = Roots.from_env(pods_dir)
+
+    def scan(first: bool) -> tuple[list[Snapshot], int]:
+        snaps: list[Snapshot] = []
+        gone = 0
+        try:
+            for item in capture_all(discover(roots).namespaces, source=source,
+                                    rate_window=first):  # fmt: skip
+                if isinstance(item, Captured):
+                    snaps.append(item.snapshot)
+                else:
+                    gone += 1
+        except NeedRoot as e:
+            raise _need_root_all(e) from None
+        return snaps, gone
+
+    console = obj.console()
+    if not obj.env.stdout_isatty:
+        state = FleetTopState()
+        state.update(*scan(True))
+        obj.print_rich(render_fleet_frame(state, width=console.width, top=top))
+        return
+    run_fleet_top(scan, console, interval=interval, top=top)
 
 
 # -- exporter: Prometheus metrics (issue 6) ------------------------------------------------
@@ -897,8 +1082,27 @@ def top_cmd(
     metavar="N",
     help='Destinations exported one by one per namespace; the rest are one "other" series.',
 )
+@all_netns_option
+@click.option(
+    "--max-netns",
+    type=click.IntRange(min=0, max=10_000),
+    default=20,
+    show_default=True,
+    metavar="N",
+    help="With --all-netns: namespaces exported one by one besides the node's own (the N "
+    'nearest exhaustion); the rest are summed into netns="other".',
+)
+@pods_dir_option
 @click.pass_obj
-def exporter_cmd(obj: Ctx, listen: str | None, netns_list: tuple[str, ...], top_k: int) -> None:
+def exporter_cmd(
+    obj: Ctx,
+    listen: str | None,
+    netns_list: tuple[str, ...],
+    top_k: int,
+    all_netns: bool,
+    max_netns: int,
+    pods_dir: str | None,
+) -> None:
     """Serve Prometheus metrics: sockets by state, TIME_WAIT by side, per-destination port
     usage for the top N destinations (plus one "other"), kernel TIME_WAIT counters, time to
     exhaustion, sysctls, and the doctor's findings. Every series has a `netns` label.
@@ -906,7 +1110,15 @@ def exporter_cmd(obj: Ctx, listen: str | None, netns_list: tuple[str, ...], top_
     Each scrape takes a fresh snapshot (shared by scrapes within 1 s). A namespace that fails
     later (deleted, say) is reported as timewait_collection_error, not by failing the scrape.
     Stops cleanly on Ctrl-C and SIGTERM.
+
+    With --all-netns (a node, deploy/kubernetes/): every network namespace, with the labels
+    namespace, pod and container besides netns; the node's own and the --max-netns nearest
+    exhaustion one by one, the rest summed into netns="other".
     """
+    if all_netns and netns_list:
+        raise click.UsageError("--all-netns exports every namespace: leave out --netns")
+    if pods_dir and not all_netns:
+        raise click.UsageError("--pods-dir names pods for --all-netns: add --all-netns")
     try:
         from timewait.exporter import DEFAULT_LISTEN
         from timewait.exporter.server import check_cli_listen, serve
@@ -920,7 +1132,10 @@ def exporter_cmd(obj: Ctx, listen: str | None, netns_list: tuple[str, ...], top_
         check_cli_listen(listen)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--listen") from None
-    serve(listen=listen, netns=netns_list, top_k=top_k, log_stream=obj.env.stderr)
+    serve(
+        listen=listen, netns=netns_list, top_k=top_k, log_stream=obj.env.stderr,
+        all_netns=all_netns, max_netns=max_netns, pods_dir=pods_dir,
+    )  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> int:

@@ -7,6 +7,10 @@ now leave out the ports bind() holds (inferred, see README "Pools") and count TI
 tcp_tw_reuse takes over as free; remedies gain `code_c`. Version 3 (issue 15) adds `nat` (the
 connection tracker and the NAT pools); `pools.worst` may now be a NAT pool (kind "nat").
 
+`doctor --all-netns --json` is another document, "timewait-doctor-all/1" (doctor/fleet.py): it
+wraps one of these per network namespace, under `namespaces[].doctor`, with the namespace's
+labels (pod, namespace, container, netns, ...) and rank beside it.
+
     schema            "timewait-doctor/3"
     status            "healthy" | "warning" | "critical"   (exit status 0 | 1 | 2)
     exit_status       0 | 1 | 2

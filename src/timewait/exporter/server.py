@@ -271,6 +271,32 @@ def check_targets(netns: tuple[str, ...]) -> None:
             pass
 
 
+def check_all_netns() -> None:
+    """--all-netns: fail fast when we cannot enter the node's other namespaces.
+
+    Tries the first namespace that is not ours; raises NeedRoot (one line) if setns() is
+    refused. A machine with no other namespace yet passes: pods may come later.
+    """
+    import os
+
+    from timewait.live import netns as _netns
+    from timewait.live.discover import discover
+    from timewait.live.scan import open_verified, target_of
+
+    for found in discover().namespaces:
+        fd = open_verified(found)
+        if fd is None:
+            continue
+        try:
+            with _netns.entered(target_of(found, fd)) as switched:
+                if switched:
+                    return
+        except _netns.NamespaceNotFound:
+            continue
+        finally:
+            os.close(fd)
+
+
 def serve(
     *,
     listen: str,
@@ -279,14 +305,20 @@ def serve(
     log_stream: TextIO,
     stop: threading.Event | None = None,
     ttl_s: float = DEFAULT_TTL_S,
+    all_netns: bool = False,
+    max_netns: int = 20,
+    pods_dir: str | None = None,
 ) -> None:
     """`timewait exporter`: check the targets, bind, log the URL, serve until stopped.
 
     Raises ValueError for a bad `listen`, ListenError when it cannot be bound,
-    NamespaceNotFound / NeedRoot for a bad --netns.
+    NamespaceNotFound / NeedRoot for a bad --netns (or, with all_netns, no privilege).
     """
     host, port = parse_listen(listen)
-    check_targets(netns)
+    if all_netns:
+        check_all_netns()
+    else:
+        check_targets(netns)
     handler = logging.StreamHandler(log_stream)
     handler.setFormatter(logging.Formatter("timewait exporter: %(levelname)s: %(message)s"))
     LOG.addHandler(handler)
@@ -294,11 +326,18 @@ def serve(
     LOG.setLevel(logging.INFO)
     LOG.propagate = False
     try:
-        collector = TimewaitCollector(netns, top_k=top_k, ttl_s=ttl_s)
+        collector = TimewaitCollector(
+            netns, top_k=top_k, ttl_s=ttl_s, all_netns=all_netns, max_netns=max_netns,
+            pods_dir=pods_dir,
+        )  # fmt: skip
         registry = CollectorRegistry(auto_describe=True)
         registry.register(collector)
         server = MetricsServer(registry, host, port)
-        names = ", ".join(t.label for t in collector.targets)
+        names = (
+            f"every namespace of the node, the host and {max_netns} more one by one"
+            if all_netns
+            else ", ".join(t.label for t in collector.targets)
+        )
         run(
             server,
             stop=stop,

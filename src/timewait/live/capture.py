@@ -44,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
@@ -124,6 +125,7 @@ class Raw:
     kernel_hz: int = 0
     notes: tuple[str, ...] = field(default=())
     conntrack: ctnetlink.State | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)  # Snapshot.labels (issue 14)
 
 
 def read(
@@ -133,8 +135,18 @@ def read(
     source: str = "auto",
     rate_window: bool = False,
     sources: Sources | None = None,
+    target: _netns.Target | None = None,
+    labels: Mapping[str, str] | None = None,
+    before: tuple[dict[str, int], int] | None = None,
+    one_walk: bool = False,
 ) -> Raw:
     """Everything a Snapshot needs, read inside the target namespace (standard library only).
+
+    For --all-netns (live.scan) a few more knobs: `target` is an already resolved namespace
+    (netns and pid are then ignored), `labels` name it in the Snapshot, `before` is
+    (counters, monotonic ns) read in it earlier -- the rate window then runs from that read
+    (rate_window is implied) -- and `one_walk` dumps both families in one walk of the
+    kernel's tables (netlink.dump_one_walk).
 
     Errors: NamespaceNotFound, NeedRoot, SockDiagUnavailable (source "sock_diag" when the
     kernel refuses), CaptureError for an unknown source.
@@ -142,13 +154,19 @@ def read(
     if source not in SOURCES:
         raise CaptureError(f"unknown source {source!r}: choose one of {', '.join(SOURCES)}")
     src = sources or Sources()
-    target = _netns.resolve(netns=netns, pid=pid)
+    if target is None:
+        target = _netns.resolve(netns=netns, pid=pid)
+    if before is not None:
+        rate_window = True
     notes: list[str] = []
     dump: bytes | None = None
     tcp_text: tuple[str, str | None] | None = None
     with _netns.entered(target):
-        before = procnet.read_counters(src.proc_net) if rate_window else {}
-        t_before = time.monotonic_ns()
+        if before is not None:
+            counters_before, t_before = before
+        else:
+            counters_before = procnet.read_counters(src.proc_net) if rate_window else {}
+            t_before = time.monotonic_ns()
         time_ns = time.time_ns()
         mono_ns = time.monotonic_ns()
         used = source
@@ -156,7 +174,7 @@ def read(
             dump, used = src.dump, "sock_diag"
         elif source in ("auto", "sock_diag"):
             try:
-                dump = _dump_both_families()
+                dump = _dump_one_walk() if one_walk else _dump_both_families()
                 used = "sock_diag"
             except netlink.SockDiagUnavailable as e:
                 if source == "sock_diag":
@@ -182,10 +200,20 @@ def read(
     notes.extend(ct.notes)
     return Raw(
         target=target, label=label, source=used, dump=dump, tcp_text=tcp_text, config=config,
-        counters=counters, counters_before=before, t_before_ns=t_before, time_ns=time_ns,
-        monotonic_ns=mono_ns, rate_window=rate_window, proc_net=src.proc_net,
+        counters=counters, counters_before=counters_before, t_before_ns=t_before,
+        time_ns=time_ns, monotonic_ns=mono_ns, rate_window=rate_window, proc_net=src.proc_net,
         kernel_hz=kconfig.read_hz(src.config_gz), notes=tuple(notes), conntrack=ct,
+        labels=dict(labels or {}),
     )  # fmt: skip
+
+
+def _dump_one_walk() -> bytes:
+    """Both families in one walk, on a socket opened here (in the target namespace)."""
+    sock = netlink.open_socket()
+    try:
+        return netlink.dump_one_walk(sock)
+    finally:
+        sock.close()
 
 
 def _dump_both_families() -> bytes:
@@ -235,6 +263,7 @@ def build(raw: Raw) -> Snapshot:
         counters_window_ns=(t_after - raw.t_before_ns) if raw.rate_window else 0,
         kernel_hz=raw.kernel_hz,
         tables=tables,
+        labels=raw.labels,
     )
 
 
