@@ -55,15 +55,15 @@ def _attr(text: str) -> str:
     return text.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;")
 
 
-def timer_histogram_svg(counts: Sequence[int], bucket_s: int) -> str:
+def timer_histogram_svg(counts: Sequence[int], bucket_s: int, salt: str = "timers") -> str:
     """TIME_WAITs by time left: one bar per bucket, the last one open-ended."""
     import matplotlib
 
     with matplotlib.rc_context(STYLE):
-        return _timer_histogram(counts, bucket_s)
+        return _timer_histogram(counts, bucket_s, salt)
 
 
-def _timer_histogram(counts: Sequence[int], bucket_s: int) -> str:
+def _timer_histogram(counts: Sequence[int], bucket_s: int, salt: str) -> str:
     fig = _figure(6.4, 2.2)
     ax = fig.subplots()
     n = len(counts)
@@ -76,18 +76,18 @@ def _timer_histogram(counts: Sequence[int], bucket_s: int) -> str:
     ax.set_ylabel("sockets")
     ax.spines[["top", "right"]].set_visible(False)
     ax.margins(y=0.15)
-    return to_svg(fig, "timers", "TIME_WAIT sockets by time left")
+    return to_svg(fig, salt, "TIME_WAIT sockets by time left")
 
 
-def plan_svg(d: DestinationPlan, labels: Sequence[str], index: int) -> str:
+def plan_svg(d: DestinationPlan, labels: Sequence[str], salt: str) -> str:
     """Ports in use and failures per second over time, one line per option (as is dashed)."""
     import matplotlib
 
     with matplotlib.rc_context(STYLE):
-        return _plan(d, labels, index)
+        return _plan(d, labels, salt)
 
 
-def _plan(d: DestinationPlan, labels: Sequence[str], index: int) -> str:
+def _plan(d: DestinationPlan, labels: Sequence[str], salt: str) -> str:
     fig = _figure(7.0, 4.0)
     top, bottom = fig.subplots(2, 1, sharex=True)
     for k, (o, label) in enumerate(zip((d.as_is, *d.options), labels, strict=True)):
@@ -102,4 +102,4 @@ def _plan(d: DestinationPlan, labels: Sequence[str], index: int) -> str:
         ax.grid(True, alpha=0.3)
         ax.spines[["top", "right"]].set_visible(False)
     top.legend(fontsize="small", loc="best")
-    return to_svg(fig, f"plan{index}", f"{d.label}: ports in use and failures per option")
+    return to_svg(fig, salt, f"{d.label}: ports in use and failures per option")

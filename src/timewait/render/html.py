@@ -12,6 +12,7 @@ sideways inside their box, and a print stylesheet (no backgrounds, sections kept
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
@@ -23,6 +24,7 @@ from timewait.render.report import human_bytes, human_seconds, pool_note
 
 if TYPE_CHECKING:
     from timewait.doctor import Diagnosis
+    from timewait.doctor.fleet import Ranking
     from timewait.doctor.plan import Plan
 
 CHURN_METHOD: Final = {
@@ -74,7 +76,7 @@ def _settings(d: Diagnosis) -> list[dict[str, Any]]:
     ]
 
 
-def _plan_context(plan: Plan | None) -> dict[str, Any] | None:
+def _plan_context(plan: Plan | None, prefix: str) -> dict[str, Any] | None:
     if plan is None:
         return None
     from timewait.render.charts import plan_svg
@@ -84,7 +86,7 @@ def _plan_context(plan: Plan | None) -> dict[str, Any] | None:
     for i, (d, dj) in enumerate(zip(plan.destinations, doc["destinations"], strict=True)):
         labels = [option_label(o) for o in (d.as_is, *d.options)]
         dj["labels"] = labels
-        dj["chart"] = plan_svg(d, labels, i)
+        dj["chart"] = plan_svg(d, labels, f"{prefix}plan{i}")
     return doc
 
 
@@ -113,9 +115,15 @@ def _summary(doc: dict[str, Any], d: Diagnosis) -> list[dict[str, str]]:
 
 
 def context(
-    d: Diagnosis, plan: Plan | None = None, *, top: int = 10, capture: Capture | None = None
+    d: Diagnosis,
+    plan: Plan | None = None,
+    *,
+    top: int = 10,
+    capture: Capture | None = None,
+    prefix: str = "",
 ) -> dict[str, Any]:
-    """Everything the template shows, as plain values (tests read the numbers from here)."""
+    """Everything the template shows of one namespace, as plain values. `prefix` keeps the
+    element ids (and the charts' SVG ids) of several namespaces on one page apart."""
     from timewait.render.charts import timer_histogram_svg
 
     capture = capture or Capture()
@@ -129,7 +137,6 @@ def context(
         + (f" on {d.snapshot.hostname}" if d.snapshot.hostname else ""),
         "captured": _utc(d.snapshot.time_ns),
         "generated": _utc(capture.generated_ns),
-        "version": __version__,
         "command": capture.command,
         "extra": capture.extra,
         "churn_method": CHURN_METHOD[doc["churn_method"]]
@@ -138,18 +145,16 @@ def context(
         "pools": _pools(d),
         "destinations": doc["destinations"],
         "nat": doc["nat"] if doc["nat"] and doc["nat"].get("pools") else None,
-        "timers_chart": timer_histogram_svg(hist["counts"], hist["bucket_s"])
+        "timers_chart": timer_histogram_svg(hist["counts"], hist["bucket_s"], f"{prefix}timers")
         if d.analysis.totals.time_wait
         else "",
         "settings": _settings(d),
-        "plan": _plan_context(plan),
+        "plan": _plan_context(plan, prefix),
+        "prefix": prefix,
     }
 
 
-def render_html(
-    d: Diagnosis, plan: Plan | None = None, *, top: int = 10, capture: Capture | None = None
-) -> str:
-    """The page, as text."""
+def _render(**values: Any) -> str:
     from importlib.resources import files
 
     import jinja2
@@ -164,4 +169,42 @@ def render_html(
     env.filters["when"] = lambda s: "never" if s is None else f"in {human_seconds(s)}"
     page = env.from_string((templates / "report.html.j2").read_text())
     css = (templates / "report.css").read_text()
-    return page.render(css=css, **context(d, plan, top=top, capture=capture))
+    return page.render(css=css, version=__version__, **values)
+
+
+def render_html(
+    d: Diagnosis, plan: Plan | None = None, *, top: int = 10, capture: Capture | None = None
+) -> str:
+    """The page of one namespace, as text."""
+    ns = context(d, plan, top=top, capture=capture)
+    return _render(title=ns["title"], fleet=None, ns=ns, namespaces=[])
+
+
+def render_fleet_html(
+    ranking: Ranking,
+    plans: Mapping[int, Plan],
+    *,
+    hostname: str,
+    kernel: str,
+    notes: Sequence[str] = (),
+    top: int = 10,
+    capture: Capture | None = None,
+) -> str:
+    """The page of a node (`report --all-netns`): every namespace ranked, nearest exhaustion
+    first, and the full report of the ranking's kept (nearest) namespaces, each with its plan
+    when `plans` has one for its inode."""
+    doc = ranking.to_json(hostname=hostname, kernel=kernel, notes=tuple(notes))
+    kept = ranking.worst_diagnoses()
+    detailed = {m.inode for m, _ in kept}
+    rank_of = {m["inode"]: m["rank"] for m in doc["namespaces"]}
+    for m in doc["namespaces"]:
+        m["detailed"] = m["inode"] in detailed
+    namespaces = []
+    for m, d in kept:
+        rank = rank_of.get(m.inode, 0)
+        ns = context(d, plans.get(m.inode), top=top, capture=capture, prefix=f"ns{rank}-")
+        namespaces.append({**ns, "rank": rank, "name": m.name})
+    times = [d.snapshot.time_ns for _, d in kept if d.snapshot.time_ns]
+    fleet = {**doc, "captured": _utc(min(times)) if times else "unknown"}
+    title = f"timewait report: {doc['status']} · {doc['namespaces_total']} namespaces on {hostname}"
+    return _render(title=title, fleet=fleet, ns=None, namespaces=namespaces)
