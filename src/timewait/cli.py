@@ -440,13 +440,11 @@ def _need_root_all(e: Exception) -> AllNetnsNeedRoot:
     )
 
 
-def doctor_all_netns(
-    obj: Ctx, *, pods_dir: str | None, source: str, top: int | None, worst: int, rows: int,
-    as_json: bool, rate_window: bool,
-) -> None:  # fmt: skip
-    """`doctor --all-netns`: discover, capture each namespace, diagnose, rank, render."""
-    import os
-
+def rank_all_netns(
+    *, pods_dir: str | None, source: str, keep: int, documents: bool, top: int | None,
+    rate_window: bool,
+) -> tuple[Any, Any]:  # fmt: skip
+    """Discover every namespace, capture and diagnose each, rank them: (Ranking, Discovery)."""
     from timewait.live.netns import NeedRoot
 
     found = _discover_while_importing(pods_dir)
@@ -454,7 +452,7 @@ def doctor_all_netns(
     from timewait.doctor.fleet import Ranking
     from timewait.live.scan import Captured, capture_all
 
-    ranking = Ranking(keep=0 if as_json else worst, documents=as_json, top=top)
+    ranking = Ranking(keep=keep, documents=documents, top=top)
     try:
         for item in capture_all(found.namespaces, source=source, rate_window=rate_window):
             if isinstance(item, Captured):
@@ -466,6 +464,20 @@ def doctor_all_netns(
                 ranking.skip(item.found.labels, item.reason)
     except NeedRoot as e:
         raise _need_root_all(e) from None
+    return ranking, found
+
+
+def doctor_all_netns(
+    obj: Ctx, *, pods_dir: str | None, source: str, top: int | None, worst: int, rows: int,
+    as_json: bool, rate_window: bool,
+) -> None:  # fmt: skip
+    """`doctor --all-netns`: discover, capture each namespace, diagnose, rank, render."""
+    import os
+
+    ranking, found = rank_all_netns(
+        pods_dir=pods_dir, source=source, keep=0 if as_json else worst, documents=as_json,
+        top=top, rate_window=rate_window,
+    )  # fmt: skip
     uname = os.uname()
     if as_json:
         obj.emit_json(ranking.to_json(hostname=uname.nodename, kernel=uname.release,
@@ -772,6 +784,17 @@ def plan_cmd(
 )
 @netns_option
 @pid_option
+@all_netns_option
+@pods_dir_option
+@click.option(
+    "--worst",
+    type=click.IntRange(min=0, max=20),
+    default=3,
+    show_default=True,
+    metavar="N",
+    help="With --all-netns: the N namespaces nearest exhaustion get their full report and plan "
+    "(0 = the ranking only).",
+)
 @click.option(
     "--from",
     "from_files",
@@ -813,6 +836,9 @@ def report_cmd(
     output: str | None,
     netns: str | None,
     pid: int | None,
+    all_netns: bool,
+    pods_dir: str | None,
+    worst: int,
     from_files: tuple[str, ...],
     interval: float,
     horizon: float,
@@ -826,9 +852,18 @@ def report_cmd(
     remedies and risks, the pools a port comes from, the top destinations, the TIME_WAIT timers,
     each remedy run forward with its curves, the settings against their defaults -- and how it
     was captured (host, namespace, kernel, time, tool version). It fetches nothing: it opens
-    offline, in a chat preview or printed. Exit status as `doctor`: 0 healthy, 1 warnings,
+    offline, in a chat preview or printed. With --all-netns: every namespace of the machine
+    ranked by nearness to exhaustion (one capture each, churn from the counters around it), and
+    the full report and plan of the --worst N. Exit status as `doctor`: 0 healthy, 1 warnings,
     2 critical, 3 when it cannot run.
     """
+    _check_all_netns(all_netns, from_files, netns, pid)
+    if pods_dir and not all_netns:
+        raise click.UsageError("--pods-dir names pods for --all-netns: add --all-netns")
+    if all_netns and output is None:
+        raise click.UsageError(
+            "--all-netns writes a page: give -o FILE.html (for the terminal: doctor --all-netns)"
+        )
     _check_targets(from_files, netns, pid)
     if len(from_files) > 2:
         raise click.UsageError("--from takes at most two files (an earlier and a later capture)")
@@ -844,6 +879,13 @@ def report_cmd(
             check_output_file(output, example="incident.html")
         except OutputPathError as e:
             raise click.BadParameter(str(e), param_hint=["-o", "--output"]) from None
+    if all_netns:
+        assert output is not None
+        _report_all_netns(
+            obj, output, pods_dir=pods_dir, source=source, worst=worst, top=top,
+            horizon=None if no_plan else horizon,
+        )  # fmt: skip
+        return
     current, previous = _churn_captures(obj, from_files, netns, pid, interval, source)
     from timewait.doctor import diagnose
 
@@ -857,7 +899,6 @@ def report_cmd(
     import shlex
     import time
 
-    from timewait.outpath import write_atomic
     from timewait.render.html import Capture, render_html
 
     the_plan = None
@@ -870,16 +911,53 @@ def report_cmd(
         diagnosis, the_plan, top=top,
         capture=Capture(command=command, generated_ns=time.time_ns()),
     )  # fmt: skip
+    _write_report(obj, output, page, diagnosis.status)
+    obj.exit_status = diagnosis.exit_status
+
+
+def _write_report(obj: Ctx, output: str, page: str, status: str) -> None:
+    from timewait.outpath import write_atomic
+
     data = page.encode()
     try:
         write_atomic(output, data)
     except OSError as e:
         raise ReportWriteError(f"cannot write {output}: {e.strerror}: check the path") from None
     obj.echo(
-        f"report written to {output} ({len(data) / 1024:,.0f} KiB, {diagnosis.status}): "
+        f"report written to {output} ({len(data) / 1024:,.0f} KiB, {status}): "
         "open it in a browser; it needs no network"
     )
-    obj.exit_status = diagnosis.exit_status
+
+
+def _report_all_netns(
+    obj: Ctx, output: str, *, pods_dir: str | None, source: str, worst: int, top: int,
+    horizon: float | None,
+) -> None:  # fmt: skip
+    """`report --all-netns -o FILE`: the node's ranking, the nearest namespaces in full."""
+    import os
+    import shlex
+    import time
+
+    from timewait.render.html import Capture, render_fleet_html
+
+    ranking, found = rank_all_netns(
+        pods_dir=pods_dir, source=source, keep=worst, documents=False, top=top,
+        rate_window=True,
+    )  # fmt: skip
+    plans = {}
+    if horizon is not None:
+        from timewait.doctor.plan import plan
+
+        for m, d in ranking.worst_diagnoses():
+            plans[m.inode] = plan(d.snapshot, d.analysis, horizon_s=horizon, top=min(top, 3))
+    uname = os.uname()
+    page = render_fleet_html(
+        ranking, plans, hostname=uname.nodename, kernel=uname.release, notes=found.notes,
+        top=top, capture=Capture(command=shlex.join(["timewait", *obj.argv]),
+                                 generated_ns=time.time_ns()),
+    )  # fmt: skip
+    _write_report(obj, output, page, ranking.status)
+    obj.exit_status = ranking.exit_status
 
 
 class ReportWriteError(TimewaitError):

@@ -281,3 +281,40 @@ def test_all_netns_usage_errors_are_one_line(args: list[str]) -> None:
     r = subprocess.run([TIMEWAIT, *args], capture_output=True, text=True, check=False)
     assert r.returncode == 64, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "usage error" in r.stderr
+
+
+def test_report_all_netns_ranks_every_namespace_on_one_page(node: object, tmp_path: Path) -> None:
+    """`report --all-netns -o` (issue 16 item 3): the node's ranking with our namespaces by
+    name and TIME_WAIT count, the nearest ones in full; the page in Chromium fetches nothing
+    and fits a phone."""
+    import re
+
+    from tests.browser import chromium_path, open_page
+
+    out = tmp_path / "node.html"
+    env = {**os.environ, "TIMEWAIT_DOCKER_DIR": node.roots.docker}  # type: ignore[attr-defined]
+    r = subprocess.run(
+        [TIMEWAIT, "report", "--all-netns", "--pods-dir", node.roots.pods,  # type: ignore[attr-defined]
+         "-o", str(out), "--worst", "2", "--no-plan"],
+        capture_output=True, text=True, env=env, timeout=300, check=False,
+    )  # fmt: skip
+    assert r.returncode in (0, 1, 2), r.stderr
+    page = out.read_text()
+    table = page[page.index('<section id="namespaces">') : page.index("</section>")]
+    rows = []
+    for tr in re.findall(r'<tr class="st-.*?</tr>', table, flags=re.S):
+        cells = [re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<td.*?</td>", tr, re.S)]
+        rows.append(cells)
+    by_name = {c[1]: c for c in rows}
+    for exp in node.expected.values():  # type: ignore[attr-defined]
+        assert exp.name in by_name, exp.name
+        assert by_name[exp.name][7] == f"{exp.time_waits:,}", (exp.name, by_name[exp.name])
+    assert [int(c[0]) for c in rows] == list(range(1, len(rows) + 1))
+    detailed = re.findall(r'<section class="namespace" id="ns(\d+)-top">', page)
+    assert detailed == ["1", "2"]  # the two nearest, in rank order, each with its findings
+    assert 'id="ns1-findings"' in page and 'id="ns2-pools"' in page
+    if chromium_path() is None and os.environ.get("CI") != "true":
+        pytest.skip("chromium is not installed")
+    shown = open_page(out)
+    assert shown.console == [] and shown.requests == []
+    assert shown.viewport_width == 390 and shown.scroll_width <= 390
