@@ -1,12 +1,14 @@
-"""The `timewait doctor --json` document (schema "timewait-doctor/2").
+"""The `timewait doctor --json` document (schema "timewait-doctor/3").
 
 Stable keys; numbers are plain JSON numbers, absent values are null. Version bumps on any
 breaking change. Version 2 (issue 10) adds the pools: `pools`, the exclusive ports in `ports`,
 and per destination `headroom`, `reusable`, `bound` and `bind_like`; `capacity` and `usage`
 now leave out the ports bind() holds (inferred, see README "Pools") and count TIME_WAITs that
-tcp_tw_reuse takes over as free; remedies gain `code_c`.
+tcp_tw_reuse takes over as free; remedies gain `code_c`. Version 3 (issue 13) adds `trace`
+(what `doctor --trace S` counted in the kernel, null without it) and the churn and trend method
+"traced"; the findings gain connect-failures and bind-failures.
 
-    schema            "timewait-doctor/2"
+    schema            "timewait-doctor/3"
     status            "healthy" | "warning" | "critical"   (exit status 0 | 1 | 2)
     exit_status       0 | 1 | 2
     snapshot          {namespace, source, kernel, hostname, time_ns, rows, notes[]}
@@ -34,9 +36,12 @@ tcp_tw_reuse takes over as free; remedies gain `code_c`.
     churn_per_s       host: TIME_WAITs created per second
     churn_method      "littles_law" (TIME_WAIT / 60 s: an average over the last minute) |
                       "tw_counter" (TcpExt TW delta / interval or rate window: the rate now) |
-                      "tw_timers" (TIME_WAITs younger than the interval / interval)
+                      "tw_timers" (TIME_WAITs younger than the interval / interval) |
+                      "traced" (active closes counted in the kernel over the trace's window:
+                      per destination exact; doctor --trace S)
     trend_method      "tw_timers" (one snapshot) | "tw_counter" (rate window: churn - expiring)
-                      | "interval" (in_use delta / interval)
+                      | "interval" (in_use delta / interval) | "traced" (traced churn -
+                      expiring)
     timer_histogram   {bucket_s: 10, counts: [6 ints]}: TIME_WAITs by time left, [0,10) s first
     memory_bytes      {minisockets, full_sockets, file_objects, total}
     destinations      top N client-side destinations by usage (--top), each
@@ -47,6 +52,13 @@ tcp_tw_reuse takes over as free; remedies gain `code_c`.
                        bind_like (its sockets bound before connecting), churn_per_s,
                        trend_per_s (ports/s or null), eta_s (seconds or null)}
     destinations_total  how many destinations exist in all
+    trace             null, or what the trace counted in this namespace over `window_s`
+                      (timewait.doctor.trace.summary_json): {window_s, connect_failures {total,
+                      per_s, by_errno {EADDRNOTAVAIL: n}, async, top [{kind, errno, count, netns,
+                      pid, comm, cgroup, container, side, src, sport, dst, dport, destination}]},
+                      bind_failures {.. same, dst null}, active_closes {total, per_s, client,
+                      server, top}, passive_closes {total, per_s, top}, opened {total, per_s},
+                      accepted {total, per_s}}
     findings          most severe first, each {id, severity ("ok"|"info"|"warning"|"critical"),
                       title, detail, evidence {..}, remedies [{id, title, changes, risk,
                       commands [..], code (Python), code_c (C, or ""), requires}]}
@@ -56,6 +68,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Final
 
+from timewait.doctor import trace as T
 from timewait.doctor.analysis import HIST_BUCKET_MS, Destination
 from timewait.doctor.remedies import Remedy
 from timewait.doctor.rules import Finding
@@ -63,7 +76,7 @@ from timewait.doctor.rules import Finding
 if TYPE_CHECKING:
     from timewait.doctor import Diagnosis
 
-SCHEMA: Final = "timewait-doctor/2"
+SCHEMA: Final = "timewait-doctor/3"
 
 
 def _round(x: float | None, nd: int = 3) -> float | None:
@@ -191,5 +204,12 @@ def to_json(diagnosis: Diagnosis, *, top: int | None = 10) -> dict[str, Any]:
         },
         "destinations": [destination_json(d) for d in a.destinations(top)],
         "destinations_total": a.n_destinations,
+        "trace": trace_json(diagnosis, top=10 if top is None else max(top, 1)),
         "findings": [finding_json(f) for f in diagnosis.findings],
     }
+
+
+def trace_json(diagnosis: Diagnosis, *, top: int = 10) -> dict[str, Any] | None:
+    """The `trace` block: null when the snapshot was not traced."""
+    tr = T.traced(diagnosis.snapshot)
+    return None if tr is None else T.summary_json(tr, top=top)
