@@ -47,7 +47,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import numpy as np
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -57,6 +57,9 @@ from timewait.doctor.rules import Finding, run_rules
 from timewait.errors import TimewaitError
 from timewait.exporter import DEFAULT_TOP_K, MAX_TOP_K
 from timewait.snapshot import Snapshot
+
+if TYPE_CHECKING:
+    from timewait.exporter.trace import TraceFeed
 
 LOG: Final = logging.getLogger("timewait.exporter")
 
@@ -507,6 +510,7 @@ class TimewaitCollector:
             synthetic snapshots or failures here (client_python's ProcessCollector takes
             `proc=` for the same reason).
         clock: monotonic seconds, for the cache.
+        trace: the eBPF counters of `exporter --trace` (exporter/trace.py), or None.
         lock_timeout_s: a scrape waits this long for the collection in progress, then
             answers with collection_error = 1 for every namespace instead of hanging.
 
@@ -523,6 +527,7 @@ class TimewaitCollector:
         clock: Callable[[], float] = time.monotonic,
         lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
         logger: logging.Logger = LOG,
+        trace: TraceFeed | None = None,
     ) -> None:
         if not 0 <= top_k <= MAX_TOP_K:
             raise ValueError(f"top_k must be 0..{MAX_TOP_K}, got {top_k}")
@@ -542,13 +547,24 @@ class TimewaitCollector:
         self._worker = _Worker()
         self._errors = {t.label: 0 for t in self.targets}
         self._last_error: dict[str, str | None] = {t.label: None for t in self.targets}
+        self.trace = trace
 
     # -- the Collector protocol ----------------------------------------------------------
 
     def describe(self) -> list[Metric]:
         """Every family name, without samples: registration checks duplicates with these and
         never runs a collection (client_python registry.py `_get_names`)."""
-        return [_new_family(name) for name in family_names()]
+        out: list[Metric] = [_new_family(name) for name in family_names()]
+        out.extend(self._trace_families())
+        return out
+
+    def _trace_families(self) -> list[Family]:
+        """The families of `exporter --trace` (none without it)."""
+        if self.trace is None:
+            return []
+        from timewait.exporter import trace as X
+
+        return [X.new_family(name) for name in X.family_names()]
 
     def collect(self) -> Iterator[Metric]:
         """The families of the last collection if younger than ttl_s, else of a new one."""
@@ -586,6 +602,7 @@ class TimewaitCollector:
         scrapes run it on the collector's worker thread). A failing target drops its
         families and is reported."""
         families = {name: _new_family(name) for name in family_names()}
+        families.update({f.name: f for f in self._trace_families()})
         for target in self.targets:
             t0 = time.perf_counter()
             samples, error = self._collect_target(target)
@@ -596,6 +613,9 @@ class TimewaitCollector:
             families["timewait_collection_duration_seconds"].add_metric((ns,), duration)
             families["timewait_collection_error"].add_metric((ns,), 1 if error else 0)
             families[ERRORS_TOTAL].add_metric((ns,), self._errors[ns])
+            if self.trace is not None:
+                for s in self.trace.samples(ns):
+                    families[s.family].add_metric((ns, *s.labels), s.value)
         return [f for f in families.values() if f.samples]
 
     def _collect_target(self, target: Target) -> tuple[list[Sample], str | None]:

@@ -279,6 +279,7 @@ def serve(
     log_stream: TextIO,
     stop: threading.Event | None = None,
     ttl_s: float = DEFAULT_TTL_S,
+    trace: bool = False,
 ) -> None:
     """`timewait exporter`: check the targets, bind, log the URL, serve until stopped.
 
@@ -293,8 +294,13 @@ def serve(
     old_level, old_propagate = LOG.level, LOG.propagate
     LOG.setLevel(logging.INFO)
     LOG.propagate = False
+    feed = None
     try:
-        collector = TimewaitCollector(netns, top_k=top_k, ttl_s=ttl_s)
+        if trace:  # --trace (issue 13): started here, on the main thread (PR_SET_PDEATHSIG)
+            from timewait.exporter.trace import start_feed
+
+            feed = start_feed(netns, top_k)
+        collector = TimewaitCollector(netns, top_k=top_k, ttl_s=ttl_s, trace=feed)
         registry = CollectorRegistry(auto_describe=True)
         registry.register(collector)
         server = MetricsServer(registry, host, port)
@@ -308,6 +314,8 @@ def serve(
         )
         LOG.info("stopped")
     finally:
+        if feed is not None:
+            feed.stop()
         LOG.removeHandler(handler)
         LOG.setLevel(old_level)
         LOG.propagate = old_propagate
