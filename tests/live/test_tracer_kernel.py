@@ -254,7 +254,7 @@ def test_asynchronous_failures_after_connect_returned(ns: str) -> None:
 def test_a_kernel_without_syscall_tracepoints_still_counts_closes(ns: str, tmp_path: Any) -> None:
     """What preflight does on an older kernel (simulated: a tracefs mounted on a temp dir, seen
     through a tree without events/syscalls): the program leaves connect()/bind() out, the notes
-    say so, and the closes are still counted."""
+    say so, the closes are still counted and so is EADDRNOTAVAIL."""
     mnt = tmp_path / "tracefs"
     mnt.mkdir()
     plan = TR.preflight(tracefs=str(mnt))  # not mounted there: preflight mounts it
@@ -271,8 +271,12 @@ def test_a_kernel_without_syscall_tracepoints_still_counts_closes(ns: str, tmp_p
         seen = run_in_netns(ns, churn_then_exhaust, 6, 1, 1, 0, 0, 0)
     tr = T.Traced(rows=tracer.reading().rows, window_ns=1)
     assert tr.total(T.Kind.ACTIVE_CLOSE) == 6
-    assert tr.total(T.Kind.CONNECT_ERROR) == 0  # not seen, and the notes say so
     assert seen["errors"] == [("connect", 99), ("connect", 99)]
+    # EADDRNOTAVAIL is still seen, on the state change alone (SYN_SENT -> CLOSE, no port)
+    (fails,) = tr.groups(T.Kind.CONNECT_ERROR)
+    assert (fails.count, fails.errno_name, fails.pid, fails.destination) == (
+        2, "EADDRNOTAVAIL", seen["pid"], "127.0.0.1:20000",
+    )  # fmt: skip
 
 
 # -- the child dies with its parent -----------------------------------------------------------

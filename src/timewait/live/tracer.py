@@ -87,7 +87,7 @@ TP_CONNECT: Final = ("syscalls/sys_enter_connect", "syscalls/sys_exit_connect")
 TP_BIND: Final = ("syscalls/sys_enter_bind", "syscalls/sys_exit_bind")
 TP_STATE: Final = ("sock/inet_sock_set_state",)
 NOT_SEEN: Final = {
-    TP_CONNECT: "connect() failures (synchronous)",
+    TP_CONNECT: "connect() failures other than EADDRNOTAVAIL and the peer's (routing, arguments)",
     TP_BIND: "bind() failures",
     TP_STATE: "closes, opens and asynchronous connect() failures",
 }
@@ -228,6 +228,8 @@ BEGIN { printf("begin %llu\n", nsecs); }
 """
 
 # connect() and bind(): the address given, read at entry while the user memory is there.
+# The value: (fd, family, address hi, lo, port, and for connect() the socket that call put
+# in SYN_SENT and the error it already failed with: see _STATE).
 _ENTER = r"""
 tracepoint:syscalls:sys_enter_@@CALL@@
 {
@@ -236,12 +238,12 @@ tracepoint:syscalls:sys_enter_@@CALL@@
   if ($fam == 2) {
     $sa4 = (struct sockaddr_in *)args->@@ARG@@;
     @@@MAP@@[tid] = ((int64)args->fd, $fam, (uint64)0, (uint64)$sa4->sin_addr.s_addr,
-                   (uint64)bswap($sa4->sin_port));
+                   (uint64)bswap($sa4->sin_port)@@MORE@@);
   }
   if ($fam == 10) {
     $a = $sa6->sin6_addr.in6_u.u6_addr32;
     @@@MAP@@[tid] = ((int64)args->fd, $fam, ((uint64)$a[1] << 32) | $a[0],
-                   ((uint64)$a[3] << 32) | $a[2], (uint64)bswap($sa6->sin6_port));
+                   ((uint64)$a[3] << 32) | $a[2], (uint64)bswap($sa6->sin6_port)@@MORE@@);
   }
 }
 """
@@ -274,10 +276,8 @@ tracepoint:syscalls:sys_exit_connect
 {
   $c = @c[tid];
   delete(@c[tid]);
-  $csk = @csk[tid];
-  delete(@csk[tid]);
-  $pend = @pend[tid];
-  delete(@pend[tid]);
+  $csk = $c.5;
+  $pend = $c.6;
   $ret = (int64)args->ret;
   // EALREADY, EISCONN: a connect() already under way or done; not a failure
   if ($ret < 0 && $ret != -114 && $ret != -106) {@@SOCKET_OF_FD@@
@@ -354,7 +354,7 @@ tracepoint:sock:inet_sock_set_state
         $err = (uint64)$sk->sk_err;
         if ($err != 0) {
           @@ASYNC_FAILURE@@
-        }
+        }@@NO_PORT@@
       }
       delete(@own[$key]);
       @@FORGET_ASYNC@@
@@ -379,13 +379,27 @@ tracepoint:sock:inet_sock_set_state
 # SYN_SENT -> CLOSE with sk_err set: inside the connect() call (its exit decides), after a
 # connect() that returned EINPROGRESS (@async), or of a socket that was connecting before we
 # started (no @own).
-_ASYNC_WITH_CONNECT = r"""if (@csk[tid] == $key) {
-            @pend[tid] = $err;
+_ASYNC_WITH_CONNECT = r"""if (@c[tid].5 == $key) {
+            $c = @c[tid];
+            @c[tid] = ($c.0, $c.1, $c.2, $c.3, $c.4, $c.5, $err);
           } else if (@async[$key] != 0 || $own.0 == 0) {
             @@EV_ASYNC@@
           }"""
+# In the caller of connect(): remember which socket that call is connecting.
+_MARK_IN_CALL = r"""if (@c[tid].1 != 0) {
+        $c = @c[tid];
+        @c[tid] = ($c.0, $c.1, $c.2, $c.3, $c.4, $key, (uint64)0);
+      }"""
 # Without the connect() tracepoints every failure is seen here only, blocking ones too.
 _ASYNC_WITHOUT_CONNECT = "@@EV_ASYNC@@"
+# ... and so is EADDRNOTAVAIL: tcp_v4_connect()/tcp_v6_connect() set SYN_SENT before looking
+# for a port and CLOSE when none is left (K net/ipv4/tcp_ipv4.c, "failure:"), with no error
+# on the socket and no local port; close() of a connecting socket has SHUTDOWN_MASK set first
+# (__tcp_close()). Other synchronous errors (routing, arguments) stay unseen.
+_NO_PORT = r"""
+        if ($err == 0 && $lport == 0 && $sk->sk_shutdown == 0) {
+          @@EV_NO_PORT@@
+        }"""
 
 _TAIL = r"""
 interval:ms:@@TICK_MS@@
@@ -417,6 +431,27 @@ def _ev(kind: int | str, *, cg: str = "cgroup", pid: str = "(uint64)pid", err: s
     return f"@ev[{key}] = count();"
 
 
+def empty_program(plan: Plan, *, interval_s: float = 1.0) -> str:
+    """The same probes doing nothing (their predicates never hold): what attaching costs."""
+    out = [_HEAD]
+    if plan.connect:
+        out += [
+            "tracepoint:syscalls:sys_enter_connect /args->fd == -99/ { @ev[0] = count(); }\n",
+            "tracepoint:syscalls:sys_exit_connect /args->ret == -9999/ { @ev[1] = count(); }\n",
+        ]
+    if plan.bind:
+        out += [
+            "tracepoint:syscalls:sys_enter_bind /args->fd == -99/ { @ev[2] = count(); }\n",
+            "tracepoint:syscalls:sys_exit_bind /args->ret == -9999/ { @ev[3] = count(); }\n",
+        ]
+    if plan.state:
+        out.append(
+            "tracepoint:sock:inet_sock_set_state /args->protocol == 255/ { @ev[4] = count(); }\n"
+        )
+    tick = str(max(1, round(interval_s * 1000)))
+    return "".join(out) + _fill(_TAIL, TICK_MS=tick, CLEARS="  clear(@ev);\n")  # fmt: skip
+
+
 def _fill(template: str, **parts: str) -> str:
     for name, value in parts.items():
         template = template.replace(f"@@{name}@@", value)
@@ -439,8 +474,9 @@ def program(
     out = [_HEAD]
     maps = ["@ev"]
     if plan.connect:
-        maps += ["@c", "@csk", "@pend", "@async"]
-        out.append(_fill(_ENTER, CALL="connect", ARG="uservaddr", MAP="c"))
+        maps += ["@c", "@async"]
+        more = ", (uint64)0, (uint64)0"
+        out.append(_fill(_ENTER, CALL="connect", ARG="uservaddr", MAP="c", MORE=more))
         out.append(
             _fill(
                 _EXIT_CONNECT,
@@ -452,7 +488,7 @@ def program(
         )
     if plan.bind:
         maps += ["@b"]
-        out.append(_fill(_ENTER, CALL="bind", ARG="umyaddr", MAP="b"))
+        out.append(_fill(_ENTER, CALL="bind", ARG="umyaddr", MAP="b", MORE=""))
         out.append(
             _fill(
                 _EXIT_BIND,
@@ -470,13 +506,18 @@ def program(
             _fill(
                 _STATE,
                 FILTER=flt,
-                MARK_IN_CALL="if (@c[tid].1 != 0) { @csk[tid] = $key; }" if plan.connect else "",
+                MARK_IN_CALL=_MARK_IN_CALL if plan.connect else "",
                 EV_OPENED=_ev(6, **own, **peer),
                 ASYNC_FAILURE=_fill(
                     _ASYNC_WITH_CONNECT if plan.connect else _ASYNC_WITHOUT_CONNECT,
                     EV_ASYNC=ev_async,
                 ),
                 FORGET_ASYNC="delete(@async[$key]);" if plan.connect else "",
+                NO_PORT=""
+                if plan.connect
+                else _fill(
+                    _NO_PORT, EV_NO_PORT=_ev(1, pid=pid, err="99", rh="$rh", rl="$rl", rp="$rport")
+                ),
                 EV_ACCEPTED=_ev(7, cg="0", pid="0", comm='""', lh="$lh", ll="$ll", lp="$lport"),
                 EV_CLOSE_SERVER=_ev("(uint64)$kind", pid=pid, lh="$lh", ll="$ll", lp="$lport"),
                 EV_CLOSE_CLIENT=_ev("(uint64)$kind", pid=pid, **peer),
@@ -704,6 +745,8 @@ class Tracer:
         names: cgroup name cache (shared between tracers if wanted).
         keys_max: keys per kernel map; counts of keys past it are lost (`Reading.saturated`).
         with_pid: key by pid too (see program()).
+        text: another program to run instead (bench/bench_trace.py measures an empty one); it
+            must print "begin", "tick" and "end" lines like program()'s.
     Use as a context manager: bpftrace is stopped on exit whatever happens.
     """
 
@@ -716,6 +759,7 @@ class Tracer:
         names: Names | None = None,
         keys_max: int = KEYS_MAX,
         with_pid: bool = True,
+        text: str | None = None,
     ) -> None:
         self.netns = None if netns is None else tuple(sorted(set(netns)))
         self.interval_s = interval_s
@@ -723,6 +767,7 @@ class Tracer:
         self.names = names or Names()
         self.keys_max = keys_max
         self.with_pid = with_pid
+        self.text = text
         self.proc: subprocess.Popen[str] | None = None
         self._state = _State()
         self._cond = threading.Condition()
