@@ -177,4 +177,7 @@ def report_section(tr: T.Traced, *, top: int = 10) -> list[RenderableType]:
     """The doctor report's part: what the trace counted in this namespace."""
     head = Text(f"Traced for {tr.window_s:.1f} s: ", style="bold")
     head.append_text(totals_line(tr))
-    return [head, Text(), failures_table(tr, top=top), Text(), churn_table(tr, top=top), Text()]
+    out: list[RenderableType] = [head, Text(), failures_table(tr, top=top), Text()]
+    if tr.total(T.Kind.ACTIVE_CLOSE, T.Kind.PASSIVE_CLOSE):
+        out += [churn_table(tr, top=top), Text()]
+    return out
