@@ -98,6 +98,11 @@ class Ctx:
         json.dump(data, self.env.stdout, indent=2, sort_keys=False)
         self.env.stdout.write("\n")
 
+    def emit_line(self, data: Any) -> None:
+        """One JSON object on one line, flushed (a stream of them: `trace --json`)."""
+        self.env.stdout.write(json.dumps(data) + "\n")
+        self.env.stdout.flush()
+
 
 set_option = click.option(
     "--set",
@@ -555,6 +560,15 @@ def _check_targets(from_files: Sequence[str], netns: str | None, pid: int | None
     help="Destinations to list (0 = all).",
 )
 @source_option
+@click.option(
+    "--trace",
+    "trace_s",
+    type=click.FloatRange(min=0.1, max=3600.0),
+    metavar="S",
+    help="Count in the kernel (eBPF, needs root and bpftrace) for S seconds first: every "
+    "connect() and bind() that fails, by errno, process and destination, and the active "
+    "closes, which then give the churn and the time to exhaustion exactly.",
+)
 @json_option
 @click.pass_obj
 def doctor(
@@ -569,6 +583,7 @@ def doctor(
     interval: float | None,
     top: int,
     source: str,
+    trace_s: float | None,
     as_json: bool,
 ) -> None:
     """Diagnose TIME_WAIT and ephemeral-port exhaustion: this host, a namespace or a capture.
@@ -604,6 +619,10 @@ def doctor(
                 "--interval takes two snapshots of one namespace; with --all-netns give "
                 "--interval 0 (one snapshot each) or leave it out (a rate window for each)"
             )
+        if trace_s is not None:
+            raise click.UsageError(
+                "--trace counts one namespace here; for every namespace: timewait trace --all-netns"
+            )
         doctor_all_netns(
             obj, pods_dir=pods_dir, source=source, top=None if top == 0 else top, worst=worst,
             rows=rows, as_json=as_json, rate_window=interval is None,
@@ -611,7 +630,14 @@ def doctor(
         return
     if pods_dir:
         raise click.UsageError("--pods-dir names pods for --all-netns: add --all-netns")
-    if from_files:
+    if trace_s is not None and (from_files or interval is not None):
+        raise click.UsageError(
+            "--trace measures this host's churn itself: it cannot be combined with --from or "
+            "--interval"
+        )
+    if trace_s is not None:
+        current, previous = traced_capture(obj, netns, pid, source, trace_s), None
+    elif from_files:
         current, previous = load_snapshots(from_files)
     elif interval:
         import time
@@ -1044,6 +1070,12 @@ class SnapshotWriteError(TimewaitError):
     help="Destinations to show.",
 )
 @source_option
+@click.option(
+    "--trace",
+    is_flag=True,
+    help="Also count connect() failures in the kernel (eBPF, needs root and bpftrace) and show "
+    "them per second, with the processes and destinations failing most.",
+)
 @click.pass_obj
 def top_cmd(
     obj: Ctx,
@@ -1055,6 +1087,7 @@ def top_cmd(
     interval: float,
     top: int,
     source: str,
+    trace: bool,
 ) -> None:
     """A live view: TIME_WAIT and churn sparklines, top destinations by port usage, time to
     exhaustion. Refreshes every second; q or Ctrl-C quits and restores the terminal.
@@ -1064,15 +1097,56 @@ def top_cmd(
 
     When stdout is not a terminal (a pipe, a file), prints one frame and exits.
     """
-    from timewait.render.top import TopState, render_frame, run_top
-
     _check_all_netns(all_netns, from_files, netns, pid)
     if all_netns:
+        if trace:
+            raise click.UsageError(
+                "--trace with --all-netns is not supported: timewait trace --all-netns counts "
+                "every namespace"
+            )
         top_all_netns(obj, pods_dir=pods_dir, source=source, interval=interval, top=top)
         return
     if pods_dir:
         raise click.UsageError("--pods-dir names pods for --all-netns: add --all-netns")
     _check_targets(from_files, netns, pid)
+    if trace and from_files:
+        raise click.UsageError("--trace counts on this host: it cannot be combined with --from")
+    with contextlib.ExitStack() as stack:
+        tracer = _top_tracer(obj, netns, pid) if trace else None
+        if tracer is not None:
+            stack.callback(tracer.stop)
+        _top(obj, netns, pid, from_files, interval, top, source, tracer)
+
+
+def _top_tracer(obj: Ctx, netns: str | None, pid: int | None) -> Any:
+    """`top --trace`: a tracer for the namespace, or None (one line says why)."""
+    from timewait.live import tracer as TR
+
+    inodes, _ = TR.inodes_of([netns] if netns else [], pid)
+    try:
+        plan = TR.preflight()
+        tracer = TR.Tracer(inodes, plan=plan).start()
+    except TR.TraceUnavailable as e:
+        _say(obj, f"trace unavailable: {e}; showing the rest")
+        return None
+    for note in plan.notes:
+        _say(obj, f"trace: {note}")
+    _say(obj, f"tracing {netns or 'this namespace'} (bpftrace pid {tracer.pid} attached)")
+    return tracer
+
+
+def _top(
+    obj: Ctx,
+    netns: str | None,
+    pid: int | None,
+    from_files: tuple[str, ...],
+    interval: float,
+    top: int,
+    source: str,
+    tracer: Any,
+) -> None:
+    from timewait.render.top import TopState, render_frame, run_top
+
     if from_files:
         from timewait.snapshot import Snapshot
 
@@ -1087,10 +1161,21 @@ def top_cmd(
         def source_fn() -> Snapshot:
             # The first frame has no previous snapshot: it reads the churn around its own
             # (capture's rate window); later frames take it from the frame before.
-            return capture_live(netns, pid, source, rate_window=next(taken) == 0)
+            snap = capture_live(netns, pid, source, rate_window=next(taken) == 0)
+            if tracer is None:
+                return snap
+            import dataclasses
+
+            # the tracer's cumulative counts: TopState takes the difference per frame
+            return dataclasses.replace(snap, tables={**snap.tables, **tracer.reading().tables()})
 
     console = obj.console()
     if not obj.env.stdout_isatty:
+        if tracer is not None:  # one frame: let the tracer count for --interval first
+            first = tracer.reading().start_ns + int(interval * 1e9)
+            while tracer.wait_reading(first - 1, timeout=interval + 5.0) is None:
+                if not tracer.alive:
+                    break
         state = TopState()
         state.update(source_fn())
         obj.print_rich(render_frame(state, width=console.width, top=top))
@@ -1132,6 +1217,193 @@ def top_all_netns(
     run_fleet_top(scan, console, interval=interval, top=top)
 
 
+# -- trace: connect()/bind() failures and churn counted in the kernel (issue 13) -------------
+
+
+def _say(obj: Ctx, text: str) -> None:
+    obj.env.stderr.write(f"timewait: {text}\n")
+
+
+def traced_capture(
+    obj: Ctx, netns: str | None, pid: int | None, source: str, seconds: float
+) -> Snapshot:
+    """`doctor --trace S`: count for S seconds, then capture; the snapshot carries the counts.
+
+    A tracer that cannot run costs one line on stderr and a note in the report; the diagnosis
+    goes on without it (churn from the counters, as without --trace)."""
+    import dataclasses
+    import time
+
+    from timewait.live import tracer as TR
+
+    notes: list[str] = []
+    reading = None
+    inodes, _ = TR.inodes_of([netns] if netns else [], pid)
+    try:
+        plan = TR.preflight()
+        tracer = TR.Tracer(inodes, plan=plan).start()
+    except TR.TraceUnavailable as e:
+        _say(obj, f"trace unavailable: {e}; diagnosing without it")
+        notes.append(f"not traced: {e}")
+    else:
+        for note in plan.notes:
+            _say(obj, f"trace: {note}")
+            if not note.startswith("mounted"):
+                notes.append(f"trace: {note}")
+        where = netns or (f"pid {pid}" if pid else "this namespace")
+        _say(obj, f"tracing {where} for {seconds:g} s (bpftrace pid {tracer.pid} attached)")
+        try:
+            time.sleep(seconds)
+        finally:
+            reading = tracer.stop()
+        if not reading.final:
+            notes.append("trace: bpftrace ended early; counts up to its last reading")
+        if reading.saturated:
+            notes.append("trace: the kernel map was full; some events were not counted")
+    snap = capture_live(netns, pid, source, rate_window=reading is None)
+    tables = {**snap.tables, **(reading.tables() if reading is not None else {})}
+    return dataclasses.replace(snap, tables=tables, notes=(*snap.notes, *notes))
+
+
+@cli.command("trace")
+@click.option(
+    "--netns",
+    "netns_list",
+    multiple=True,
+    metavar="NAME|PATH",
+    help="Network namespace to trace (repeatable): a name from `ip netns list` or a file such "
+    "as /proc/PID/ns/net. Default: this namespace.",
+)
+@pid_option
+@click.option("--all-netns", is_flag=True, help="Trace every network namespace of the host.")
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0.1),
+    metavar="S",
+    help="Stop after S seconds (default: at Ctrl-C), then print the summary.",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.1, max=60.0),
+    default=1.0,
+    show_default=True,
+    metavar="S",
+    help="Seconds between two lines of counts.",
+)
+@click.option(
+    "--top",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    metavar="N",
+    help="Rows per table of the summary.",
+)
+@json_option
+@click.pass_obj
+def trace_cmd(
+    obj: Ctx,
+    netns_list: tuple[str, ...],
+    pid: int | None,
+    all_netns: bool,
+    duration: float | None,
+    interval: float,
+    top: int,
+    as_json: bool,
+) -> None:
+    """Count every connect() and bind() that fails, and every connection churned, by network
+    namespace, process (pid, command, cgroup) and destination, in the kernel (eBPF on
+    tracepoints, with bpftrace; needs root).
+
+    Prints the counts of every interval, and at the end (Ctrl-C or --duration) a summary:
+    failures by errno (EADDRNOTAVAIL: the destination is out of ports), per (process,
+    destination); bind() failures; active closes per destination (each leaves a TIME_WAIT on
+    this side: the exact churn), passive closes, connections opened and accepted. --json
+    prints one JSON object per line: {"type": "interval", ...} then {"type": "summary", ...}.
+    """
+    import time
+
+    from timewait.doctor import trace as T
+    from timewait.live import tracer as TR
+    from timewait.render import trace as RT
+
+    if all_netns and (netns_list or pid is not None):
+        raise click.UsageError("--all-netns traces every namespace: drop --netns/--pid")
+    inodes, labels = TR.inodes_of(netns_list, pid, all_netns)
+    plan = TR.preflight()
+    for note in plan.notes:
+        _say(obj, f"trace: {note}")
+    tracer = TR.Tracer(inodes, interval_s=interval, plan=plan)
+
+    def label(ino: int) -> str:
+        if ino not in labels:
+            labels[ino] = TR.netns_label(ino)
+        return labels[ino]
+
+    def namespaces(tr: T.Traced) -> list[int]:
+        return sorted(set(tr.namespaces()) | (set(labels) if inodes is not None else set()))
+
+    tracer.start()
+    where = "every namespace" if inodes is None else ", ".join(labels.values())
+    _say(obj, f"tracing {where} (bpftrace pid {tracer.pid} attached); Ctrl-C stops")
+    prev = tracer.reading()
+    deadline = None if duration is None else time.monotonic() + duration
+    warned_full = False
+    try:
+        while deadline is None or time.monotonic() < deadline:
+            wait = interval + 5.0
+            if deadline is not None:
+                wait = min(wait, max(deadline - time.monotonic(), 0.0))
+            r = tracer.wait_reading(prev.at_ns, timeout=wait)
+            if r is None:
+                if not tracer.alive:
+                    raise TR.TraceUnavailable(f"bpftrace stopped: {tracer.why()}")
+                continue
+            if r.saturated and not warned_full:
+                _say(obj, "trace: the kernel map is full: events with new keys are not counted")
+                warned_full = True
+            d = T.Traced(rows=T.delta(r.rows, prev.rows), window_ns=r.at_ns - prev.at_ns)
+            secs = (r.at_ns - r.start_ns) / 1e9
+            if as_json:
+                obj.emit_line(
+                    {
+                        "schema": TRACE_SCHEMA, "type": "interval", "t_s": round(secs, 3),
+                        "interval_s": round(d.window_s, 3),
+                        "namespaces": [
+                            {"netns": label(i), "inode": i, **T.summary_json(d, netns=i, top=top)}
+                            for i in namespaces(d)
+                        ],
+                    }
+                )  # fmt: skip
+            else:
+                for i in namespaces(d):
+                    for line in RT.interval_line(label(i), d, clock=f"{secs:7.1f}s", top=3):
+                        obj.echo(line)
+            prev = r
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how a trace without --duration ends: the summary follows
+    finally:
+        final = tracer.stop()
+    tr = T.Traced(rows=final.rows, window_ns=final.window_ns, start_ns=final.start_ns)
+    notes = [n for n in plan.notes if not n.startswith("mounted")]
+    if as_json:
+        obj.emit_line(
+            {
+                "schema": TRACE_SCHEMA, "type": "summary", "window_s": round(tr.window_s, 3),
+                "notes": notes,
+                "namespaces": [
+                    {"netns": label(i), "inode": i, **T.summary_json(tr, netns=i, top=top)}
+                    for i in namespaces(tr)
+                ],
+            }
+        )  # fmt: skip
+    else:
+        obj.echo()
+        obj.print_rich(RT.summary(tr, {i: label(i) for i in namespaces(tr)}, notes=notes, top=top))
+
+
+TRACE_SCHEMA = "timewait-trace/1"
+
+
 # -- exporter: Prometheus metrics (issue 6) ------------------------------------------------
 
 
@@ -1171,6 +1443,12 @@ def top_all_netns(
     'nearest exhaustion); the rest are summed into netns="other".',
 )
 @pods_dir_option
+@click.option(
+    "--trace",
+    is_flag=True,
+    help="Also count connect()/bind() failures and closes in the kernel (eBPF, needs root and "
+    "bpftrace): timewait_connect_errors_total{errno,...}, timewait_active_closes_total, ...",
+)
 @click.pass_obj
 def exporter_cmd(
     obj: Ctx,
@@ -1180,6 +1458,7 @@ def exporter_cmd(
     all_netns: bool,
     max_netns: int,
     pods_dir: str | None,
+    trace: bool,
 ) -> None:
     """Serve Prometheus metrics: sockets by state, TIME_WAIT by side, per-destination port
     usage for the top N destinations (plus one "other"), kernel TIME_WAIT counters, time to
@@ -1195,6 +1474,11 @@ def exporter_cmd(
     """
     if all_netns and netns_list:
         raise click.UsageError("--all-netns exports every namespace: leave out --netns")
+    if all_netns and trace:
+        raise click.UsageError(
+            "--trace with --all-netns is not supported yet: trace one namespace per exporter "
+            "(--netns NAME --trace), or count every namespace with `timewait trace --all-netns`"
+        )
     if pods_dir and not all_netns:
         raise click.UsageError("--pods-dir names pods for --all-netns: add --all-netns")
     try:
@@ -1212,7 +1496,7 @@ def exporter_cmd(
         raise click.BadParameter(str(e), param_hint="--listen") from None
     serve(
         listen=listen, netns=netns_list, top_k=top_k, log_stream=obj.env.stderr,
-        all_netns=all_netns, max_netns=max_netns, pods_dir=pods_dir,
+        all_netns=all_netns, max_netns=max_netns, pods_dir=pods_dir, trace=trace,
     )  # fmt: skip
 
 

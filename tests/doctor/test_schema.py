@@ -12,6 +12,7 @@ TOP_KEYS = {
     "schema", "status", "exit_status", "snapshot", "interval_s", "config", "totals", "ports",
     "churn_per_s", "churn_method", "trend_method", "timer_histogram", "memory_bytes",
     "destinations", "destinations_total", "findings", "pools", "rate_window_s", "nat",
+    "trace",
 }  # fmt: skip
 DEST_KEYS = {
     "src", "dst", "dport", "family", "time_wait", "established", "fin_wait2", "syn_sent",
@@ -29,6 +30,7 @@ def test_json_top_level_keys_and_status() -> None:
     doc = document()
     assert set(doc) == TOP_KEYS
     assert doc["schema"] == "timewait-doctor/3"
+    assert doc["trace"] is None  # not traced (doctor --trace S adds it: test_trace.py)
     assert (doc["status"], doc["exit_status"]) == ("critical", 2)
 
 

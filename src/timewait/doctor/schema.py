@@ -4,8 +4,10 @@ Stable keys; numbers are plain JSON numbers, absent values are null. Version bum
 breaking change. Version 2 (issue 10) adds the pools: `pools`, the exclusive ports in `ports`,
 and per destination `headroom`, `reusable`, `bound` and `bind_like`; `capacity` and `usage`
 now leave out the ports bind() holds (inferred, see README "Pools") and count TIME_WAITs that
-tcp_tw_reuse takes over as free; remedies gain `code_c`. Version 3 (issue 15) adds `nat` (the
-connection tracker and the NAT pools); `pools.worst` may now be a NAT pool (kind "nat").
+tcp_tw_reuse takes over as free; remedies gain `code_c`. Version 3 adds `nat` (issue 15:
+the connection tracker and the NAT pools; `pools.worst` may now be a NAT pool, kind "nat")
+and `trace` (issue 13: what `doctor --trace S` counted in the kernel, null without it),
+the churn and trend method "traced", and the findings connect-failures and bind-failures.
 
 `doctor --all-netns --json` is another document, "timewait-doctor-all/1" (doctor/fleet.py): it
 wraps one of these per network namespace, under `namespaces[].doctor`, with the namespace's
@@ -39,9 +41,12 @@ labels (pod, namespace, container, netns, ...) and rank beside it.
     churn_per_s       host: TIME_WAITs created per second
     churn_method      "littles_law" (TIME_WAIT / 60 s: an average over the last minute) |
                       "tw_counter" (TcpExt TW delta / interval or rate window: the rate now) |
-                      "tw_timers" (TIME_WAITs younger than the interval / interval)
+                      "tw_timers" (TIME_WAITs younger than the interval / interval) |
+                      "traced" (active closes counted in the kernel over the trace's window:
+                      per destination exact; doctor --trace S)
     trend_method      "tw_timers" (one snapshot) | "tw_counter" (rate window: churn - expiring)
-                      | "interval" (in_use delta / interval)
+                      | "interval" (in_use delta / interval) | "traced" (traced churn -
+                      expiring)
     timer_histogram   {bucket_s: 10, counts: [6 ints]}: TIME_WAITs by time left, [0,10) s first
     memory_bytes      {minisockets, full_sockets, file_objects, total}
     destinations      top N client-side destinations by usage (--top), each
@@ -67,6 +72,13 @@ labels (pod, namespace, container, netns, ...) and rank beside it.
                       ((held - reclaimable)/size), entries, by_state {time_wait, established,
                       syn_sent, closing, other}, churn_per_s, trend_per_s, eta_s}] fullest
                       first (--top)}
+    trace             null, or what the trace counted in this namespace over `window_s`
+                      (timewait.doctor.trace.summary_json): {window_s, connect_failures {total,
+                      per_s, by_errno {EADDRNOTAVAIL: n}, async, top [{kind, errno, count, netns,
+                      pid, comm, cgroup, container, side, src, sport, dst, dport, destination}]},
+                      bind_failures {.. same, dst null}, active_closes {total, per_s, client,
+                      server, top}, passive_closes {total, per_s, top}, opened {total, per_s},
+                      accepted {total, per_s}}
     findings          most severe first, each {id, severity ("ok"|"info"|"warning"|"critical"),
                       title, detail, evidence {..}, remedies [{id, title, changes, risk,
                       commands [..], code (Python), code_c (C, or ""), requires}]}
@@ -76,6 +88,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Final
 
+from timewait.doctor import trace as T
 from timewait.doctor.analysis import HIST_BUCKET_MS, Destination
 from timewait.doctor.nat import NatAnalysis
 from timewait.doctor.remedies import Remedy
@@ -213,6 +226,7 @@ def to_json(diagnosis: Diagnosis, *, top: int | None = 10) -> dict[str, Any]:
         "destinations": [destination_json(d) for d in a.destinations(top)],
         "destinations_total": a.n_destinations,
         "nat": nat_json(a.nat, top),
+        "trace": trace_json(diagnosis, top=10 if top is None else max(top, 1)),
         "findings": [finding_json(f) for f in diagnosis.findings],
     }
 
@@ -244,3 +258,9 @@ def nat_json(nat: NatAnalysis | None, top: int | None = 10) -> dict[str, Any] | 
         "pools_total": len(nat.pools),
         "pools": [p.as_dict() for p in nat.pools[:top]],
     }
+
+
+def trace_json(diagnosis: Diagnosis, *, top: int = 10) -> dict[str, Any] | None:
+    """The `trace` block: null when the snapshot was not traced."""
+    tr = T.traced(diagnosis.snapshot)
+    return None if tr is None else T.summary_json(tr, top=top)

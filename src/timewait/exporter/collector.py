@@ -51,7 +51,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import numpy as np
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -61,6 +61,9 @@ from timewait.doctor.rules import Finding, run_rules
 from timewait.errors import TimewaitError
 from timewait.exporter import DEFAULT_TOP_K, MAX_TOP_K
 from timewait.snapshot import Snapshot
+
+if TYPE_CHECKING:
+    from timewait.exporter.trace import TraceFeed
 
 LOG: Final = logging.getLogger("timewait.exporter")
 
@@ -620,6 +623,7 @@ class TimewaitCollector:
             synthetic snapshots or failures here (client_python's ProcessCollector takes
             `proc=` for the same reason).
         clock: monotonic seconds, for the cache.
+        trace: the eBPF counters of `exporter --trace` (exporter/trace.py), or None.
         lock_timeout_s: a scrape waits this long for the collection in progress, then
             answers with collection_error = 1 for every namespace instead of hanging.
 
@@ -640,6 +644,7 @@ class TimewaitCollector:
         max_netns: int = 20,
         fleet: FleetSource | None = None,
         pods_dir: str | None = None,
+        trace: TraceFeed | None = None,
     ) -> None:
         if not 0 <= top_k <= MAX_TOP_K:
             raise ValueError(f"top_k must be 0..{MAX_TOP_K}, got {top_k}")
@@ -668,19 +673,30 @@ class TimewaitCollector:
         self._worker = _Worker()
         self._errors = {t.label: 0 for t in self.targets}
         self._last_error: dict[str, str | None] = {t.label: None for t in self.targets}
+        self.trace = trace
 
     # -- the Collector protocol ----------------------------------------------------------
 
     def describe(self) -> list[Metric]:
         """Every family name, without samples: registration checks duplicates with these and
         never runs a collection (client_python registry.py `_get_names`)."""
-        return [_new_family(name, self._extra) for name in family_names()]
+        out: list[Metric] = [_new_family(name, self._extra) for name in family_names()]
+        out.extend(self._trace_families())
+        return out
 
     @property
     def _extra(self) -> tuple[str, ...]:
         from timewait.exporter.fleet import EXTRA
 
         return EXTRA if self.all_netns else ()
+
+    def _trace_families(self) -> list[Family]:
+        """The families of `exporter --trace` (none without it)."""
+        if self.trace is None:
+            return []
+        from timewait.exporter import trace as X
+
+        return [X.new_family(name) for name in X.family_names()]
 
     def collect(self) -> Iterator[Metric]:
         """The families of the last collection if younger than ttl_s, else of a new one."""
@@ -720,6 +736,7 @@ class TimewaitCollector:
         if self.all_netns:
             return self._collect_fleet()
         families = {name: _new_family(name) for name in family_names()}
+        families.update({f.name: f for f in self._trace_families()})
         for target in self.targets:
             t0 = time.perf_counter()
             samples, error = self._collect_target(target)
@@ -730,6 +747,9 @@ class TimewaitCollector:
             families["timewait_collection_duration_seconds"].add_metric((ns,), duration)
             families["timewait_collection_error"].add_metric((ns,), 1 if error else 0)
             families[ERRORS_TOTAL].add_metric((ns,), self._errors[ns])
+            if self.trace is not None:
+                for s in self.trace.samples(ns):
+                    families[s.family].add_metric((ns, *s.labels), s.value)
         return [f for f in families.values() if f.samples]
 
     def _collect_target(self, target: Target) -> tuple[list[Sample], str | None]:

@@ -308,6 +308,7 @@ def serve(
     all_netns: bool = False,
     max_netns: int = 20,
     pods_dir: str | None = None,
+    trace: bool = False,
 ) -> None:
     """`timewait exporter`: check the targets, bind, log the URL, serve until stopped.
 
@@ -325,10 +326,15 @@ def serve(
     old_level, old_propagate = LOG.level, LOG.propagate
     LOG.setLevel(logging.INFO)
     LOG.propagate = False
+    feed = None
     try:
+        if trace:  # --trace (issue 13): started here, on the main thread (PR_SET_PDEATHSIG)
+            from timewait.exporter.trace import start_feed
+
+            feed = start_feed(netns, top_k)
         collector = TimewaitCollector(
             netns, top_k=top_k, ttl_s=ttl_s, all_netns=all_netns, max_netns=max_netns,
-            pods_dir=pods_dir,
+            pods_dir=pods_dir, trace=feed,
         )  # fmt: skip
         registry = CollectorRegistry(auto_describe=True)
         registry.register(collector)
@@ -347,6 +353,8 @@ def serve(
         )
         LOG.info("stopped")
     finally:
+        if feed is not None:
+            feed.stop()
         LOG.removeHandler(handler)
         LOG.setLevel(old_level)
         LOG.propagate = old_propagate

@@ -76,6 +76,8 @@ def header(d: Diagnosis) -> Text:
         t.append(f" · rates over {d.analysis.interval_s:.1f} s", style="dim")
     elif d.analysis.rate_window_s:
         t.append(f" · churn now: counters over {d.analysis.rate_window_s:.2f} s", style="dim")
+    elif d.analysis.churn_method == "traced":
+        t.append(" · churn traced in the kernel (--trace)", style="dim")
     return t
 
 
@@ -108,6 +110,7 @@ def totals_table(a: Analysis) -> Table:
         "littles_law": "TIME_WAIT / 60 s: the last minute's average (one snapshot)",
         "tw_counter": f"TcpExt TW counter over {window:.2f} s: the rate now",
         "tw_timers": "TIME_WAITs created during the interval",
+        "traced": "active closes counted in the kernel (doctor --trace): the rate now",
     }[a.churn_method]
     tab.add_row("churn", f"{a.churn_per_s:,.1f}/s", method)
     m = a.memory
@@ -294,10 +297,20 @@ def finding_block(f: Finding, index: int) -> RenderableType:
     return Group(*parts)
 
 
+def traced_section(d: Diagnosis, *, top: int = 10) -> list[RenderableType]:
+    """doctor --trace: connect() failures in the last S s and the measured churn (issue 13)."""
+    from timewait.doctor import trace as T
+    from timewait.render.trace import report_section
+
+    tr = T.traced(d.snapshot)
+    return [] if tr is None else report_section(tr, top=top)
+
+
 def render_report(d: Diagnosis, *, top: int = 10) -> RenderableType:
     a = d.analysis
     parts: list[RenderableType] = [header(d), Text(), totals_table(a), Text()]
     parts += [pools_table(a), Text()]
+    parts += traced_section(d, top=top)
     if a.n_destinations:
         parts += [destinations_table(a.destinations(top), a.n_destinations), Text()]
     nat = nat_table(a, top)
