@@ -262,11 +262,15 @@ def analyze_nat(snap: Snapshot, previous: Snapshot | None = None) -> NatAnalysis
         evictable = (is_tcp & (st >= C.TCP_CONNTRACK_TIME_WAIT)
                      & ((rows["status"] & C.IPS_SRC_NAT) != 0) & in_range)  # fmt: skip
         reclaim = np.bincount(gid[evictable], minlength=ng) if eviction else np.zeros(ng, int)
+        # CTA_TIMEOUT is whole seconds rounded down (ctnetlink_dump_timeout(): expires / HZ), so
+        # an entry that entered TIME_WAIT w seconds ago or less shows left >= tw_s - w, and one
+        # with less than w seconds to live shows left < w: each test spans w seconds.
+        win = max(min(CHURN_WINDOW_S, tw_s), 1)
         left = rows["timeout_s"].astype(np.int64)
-        young = np.bincount(gid[tw & (left > tw_s - CHURN_WINDOW_S)], minlength=ng)
-        old = np.bincount(gid[tw & (left < CHURN_WINDOW_S)], minlength=ng)
-        churn = young / CHURN_WINDOW_S
-        trend = (young - old) / CHURN_WINDOW_S
+        young = np.bincount(gid[tw & (left >= tw_s - win)], minlength=ng)
+        old = np.bincount(gid[tw & (left < win)], minlength=ng)
+        churn = young / win
+        trend = (young - old) / win
         for g in range(ng):
             r = rows[first[g]]
             pools.append(
