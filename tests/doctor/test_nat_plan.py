@@ -47,6 +47,28 @@ def test_doctor_churn_counts_the_whole_ten_seconds() -> None:
     assert a.nat.pools[0].churn_per_s == R
 
 
+def test_doctor_churn_of_a_full_pool_that_evicts_counts_the_evicted_ones_too() -> None:
+    """6.5+: in a full pool each SYN evicts a random TIME_WAIT entry, so the young entries are
+    survivors: at R = 20/s over 40 TIME_WAIT entries (60 ports held open) each lives ~2 s, and
+    counting them gives 4/s. Their ages (exponential, rate R / 40) give R back within 2%; the
+    same table on 6.1 (nothing evicted: every entry's age counts) is the plain count."""
+    import math
+
+    from timewait import conntrack as C
+
+    rate, n_tw = 20.0, 40
+    mu = rate / n_tw
+    rows = [dict(src=client(i % 3), sport=50000 + i, dst=SERVER, dport=80,
+                 nat_src="198.18.0.1", nat_sport=40060 + i, state=C.TCP_CONNTRACK_TIME_WAIT,
+                 timeout_s=math.floor(120 + math.log(1 - (i + 0.5) / n_tw) / mu))
+            for i in range(n_tw)]  # fmt: skip
+    new = analyze(router_capture(0.0, 1.0, held_open=60, kernel="6.18.44", extra_rows=rows))
+    assert new.nat is not None and new.nat.pools[0].headroom == 0
+    assert new.nat.pools[0].churn_per_s == pytest.approx(rate, rel=0.02)
+    old = analyze(router_capture(0.0, 1.0, held_open=60, kernel="6.1.0", extra_rows=rows))
+    assert old.nat is not None and old.nat.pools[0].churn_per_s == n_tw / 10
+
+
 def test_pre_6_5_as_is_onset_and_steady_drops_are_the_closed_forms() -> None:
     p = planned()
     (pool,) = p.nat

@@ -68,11 +68,10 @@ def destination_table(d: DestinationPlan, horizon_s: float) -> Table:
 
 
 def render_plan(plan: Plan) -> RenderableType:
-    parts: list[RenderableType] = [
-        Text("timewait plan", style="bold"),
-        Text(f"churn: {plan.churn_basis}", style="dim"),
-        Text(),
-    ]
+    parts: list[RenderableType] = [Text("timewait plan", style="bold")]
+    if plan.destinations:  # NAT pools' churn is said in a note: it comes from their timers
+        parts.append(Text(f"churn: {plan.churn_basis}", style="dim"))
+    parts.append(Text())
     for d in plan.all:
         parts += [destination_table(d, plan.horizon_s), Text()]
         for i, o in enumerate(d.options, 1):
