@@ -260,3 +260,47 @@ def test_a_live_namespace_report_counts_what_the_kernel_holds(tmp_path: Path) ->
     )
     assert cards["TIME_WAIT"] == f"{kernel:,}"
     assert f"netns:{ns}" in out.read_text()
+
+
+# -- a router: NAT pools in the plan -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def router_page() -> tuple[str, dict]:
+    """A masquerading router (8 clients at 4 conn/s into 100 translated ports, Linux 6.1),
+    captured twice: the page and plan's JSON."""
+    from .doctor.nat_helpers import router_capture
+
+    now, before = router_capture(10.0, 4.0, clients=8), router_capture(5.0, 4.0, clients=8)
+    d = diagnose(now, before)
+    p = plan(now, d.analysis, horizon_s=300)
+    return render_html(d, p), plan_json(p)
+
+
+def test_the_plan_section_shows_nat_pools_like_destinations(router_page: tuple[str, dict]) -> None:
+    page, pdoc = router_page
+    (pool,) = pdoc["nat"]
+    plan_part = page[page.index('<section id="plan">') : page.index('<section id="settings">')]
+    tags = parse(plan_part)
+    text = " ".join(" ".join(tags.text).split())
+    assert pool["label"] in text and "first drop" in text and "drops/s" in text
+    assert "first EADDRNOTAVAIL" not in text  # no socket destination on a router
+    assert ("article", {"class": "plan-dest", "data-kind": "nat"}) in tags.tags
+    for o in (pool["as_is"], *pool["options"]):
+        assert f"{o['failures_per_s']:,.1f}" in text and f"{o['usable']:,}" in text
+    assert "hash to 4 of 4 addresses" in text  # the option's note
+    assert pool["options"][0]["risk"][:60] in text
+    # its chart: translated ports held and SYNs dropped, one line per option
+    assert sum(tag == "svg" for tag, _ in tags.tags) == 1
+    assert "SYNs dropped / s" in plan_part and "translated ports held" in plan_part
+
+
+@pytest.mark.root
+@needs_chromium
+def test_the_router_page_in_chromium(router_page: tuple[str, dict], tmp_path: Path) -> None:
+    page, pdoc = router_page
+    f = tmp_path / "router.html"
+    f.write_text(page)
+    shown = open_page(f)
+    assert shown.console == [] and shown.requests == []
+    assert pdoc["nat"][0]["label"] in shown.text and fits_a_phone(shown)

@@ -712,7 +712,8 @@ def _churn_captures(
     multiple=True,
     metavar="NAME[=VALUE]",
     help="Only this remedy (repeatable): pool[=K], tw-reuse, bind-address-no-port, "
-    "peer-closes-first, more-destinations[=N], widen-range[=LO-HI]. Default: every one that "
+    "peer-closes-first, more-destinations[=N], widen-range[=LO-HI]; for NAT pools "
+    "snat-addresses[=N], nat-range[=LO-HI], ct-time-wait[=S] (>= 60). Default: every one that "
     "applies.",
 )
 @click.option(
@@ -729,7 +730,7 @@ def _churn_captures(
     default=3,
     show_default=True,
     metavar="N",
-    help="Destinations to plan for, busiest first.",
+    help="Destinations (and NAT pools) to plan for, busiest first.",
 )
 @click.option(
     "--plot",
@@ -760,7 +761,9 @@ def plan_cmd(
     state -- the ports each destination holds, its TIME_WAITs with the time they have left, and
     its measured churn -- for --horizon seconds. For each: when connect() first fails with
     EADDRNOTAVAIL, failures per second at steady state, the ports left, and the risk of the
-    change. Exit status: 0 when some option avoids failures, 1 when none does, 3 on error.
+    change. On a host that masquerades, its busiest NAT pools are run the same way on the NAT
+    model from its conntrack table (first SYN dropped, drops per second). Exit status: 0 when
+    some option avoids failures, 1 when none does, 3 on error.
     """
     from timewait.render.plot import check_plot_path
 
@@ -779,24 +782,24 @@ def plan_cmd(
         obj.emit_json(plan_json(result))
     else:
         obj.print_rich(render_plan(result))
-    if plot_path is not None and result.destinations:
+    if plot_path is not None and result.all:
         from timewait.render.plot import plot_result
         from timewait.sim.scenario import ScenarioResult
 
-        d = result.destinations[0]
+        d = result.all[0]
         best = d.options[0] if d.options else d.as_is
         written = plot_result(
             ScenarioResult(
                 scenario=f"plan: {d.label}", params={}, variants={},
                 verdict=f"churn {d.churn_per_s:.1f}/s; best: {best.option} "
-                f"({best.failures_per_s:.1f} failures/s)",
+                f"({best.failures_per_s:.1f} {'drops' if d.kind == 'nat' else 'failures'}/s)",
                 series=plan_series(d),  # type: ignore[arg-type]
             ),
             plot_path,
         )  # fmt: skip
         (obj.env.stderr if as_json else obj.env.stdout).write(f"plot written to {written}\n")
-    fine = any(o.failures_per_s == 0 for d in result.destinations for o in (d.as_is, *d.options))
-    obj.exit_status = ExitStatus.OK if fine or not result.destinations else ExitStatus.WARNING
+    fine = any(o.failures_per_s == 0 for d in result.all for o in (d.as_is, *d.options))
+    obj.exit_status = ExitStatus.OK if fine or not result.all else ExitStatus.WARNING
 
 
 @cli.command("report")

@@ -114,3 +114,53 @@ def test_snat_scenario_variants() -> None:
     assert old["drops_per_s"] == pytest.approx(50.0, rel=0.02)
     assert new["time_wait_entries"] == 100 and new["evicted"] > 0
     assert held["first_drop_s"] == pytest.approx(2.0, rel=0.02) and held["time_wait_entries"] == 0
+
+
+def test_seeded_entries_hold_their_ports_until_their_timers_end() -> None:
+    """seed(): a captured table. An open entry holds its port for good; a closed one until its
+    own timer ends, even when that is after entries closed later under a shorter timeout."""
+    g = gw(evict=False, time_wait=10 * SEC)
+    g.seed(0, ("captured", 40000, *DST), 40000, td_end=1, left=None)
+    g.seed(0, ("captured", 40001, *DST), 40001, td_end=1, left=5 * SEC)
+    for i in range(2, 10):
+        g.seed(0, ("captured", 40000 + i, *DST), 40000 + i, td_end=1, left=(30 + i) * SEC)
+    assert g.held(*DST) == 10 and g.time_wait_entries(0) == 9
+    assert not g.syn(SEC, key(1, 50000), 5).accepted  # full, nothing evictable before 6.5
+    v = g.syn(5 * SEC, key(1, 50001), 5)
+    assert v.accepted and v.tport == 40001
+    g.close(5 * SEC, key(1, 50001), 7)  # expires at 15 s, before the seeded ones (32..39 s)
+    g.expire(15 * SEC)
+    assert g.held(*DST) == 9 and g.time_wait_entries(15 * SEC) == 8
+    with pytest.raises(ValueError, match="outside the range"):
+        g.seed(0, ("captured", 1, *DST), 1, td_end=1, left=None)
+
+
+def test_nat_workload_starts_from_a_captured_pool() -> None:
+    """held_at_start/time_wait_at_start: 40 ports held open and 60 in TIME_WAIT for 30 s of a
+    100-port pool: without eviction every SYN is dropped until the TIME_WAITs end, then 60 get
+    through and the pool is full again."""
+    g = gw((40000, 40099), evict=False, time_wait=120 * SEC)
+    tw = tuple((p, 30 * SEC) for p in range(40040, 40100))
+    wl = NatWorkload(rate=10.0, duration=40 * SEC, lifetime=MS,
+                     held_at_start=tuple(range(40000, 40040)), time_wait_at_start=tw)  # fmt: skip
+    res = simulate_nat(g, wl, rng=random.Random(1))
+    assert res.first_drop == 0 and res.drops == 300 + 40  # every attempt of the first 30 s
+    assert res.connections == 60 and res.entries[-1] == 100
+
+
+def test_snat_address_index_is_what_the_kernel_chose() -> None:
+    """find_best_ips_proto() on Linux 6.18.44: 8 clients 198.18.{1..8}.2 toward 198.18.0.2
+    through `snat ip to 198.18.0.10-198.18.0.13` used these addresses (conntrack -L on the
+    router; tests/live/test_nat_plan_kernel.py measures it again on every run)."""
+    from timewait.model.nat import snat_address_index
+
+    measured = [2, 2, 0, 1, 2, 1, 0, 3]
+    got = [snat_address_index(f"198.18.{i}.2", "198.18.0.2", 4) for i in range(1, 9)]
+    assert got == measured
+    assert snat_address_index("198.18.1.2", "198.18.0.2", 1) == 0
+    assert all(snat_address_index(f"198.18.1.{i}", "198.18.0.2", 3) in (0, 1, 2)
+               for i in range(1, 200))  # fmt: skip
+    # `persistent` leaves the destination out of the hash: the same address everywhere
+    per = {snat_address_index("198.18.1.2", f"198.18.0.{d}", 4, persistent=True)
+           for d in range(2, 40)}  # fmt: skip
+    assert len(per) == 1

@@ -262,11 +262,22 @@ def analyze_nat(snap: Snapshot, previous: Snapshot | None = None) -> NatAnalysis
         evictable = (is_tcp & (st >= C.TCP_CONNTRACK_TIME_WAIT)
                      & ((rows["status"] & C.IPS_SRC_NAT) != 0) & in_range)  # fmt: skip
         reclaim = np.bincount(gid[evictable], minlength=ng) if eviction else np.zeros(ng, int)
+        # CTA_TIMEOUT is whole seconds rounded down (ctnetlink_dump_timeout(): expires / HZ), so
+        # an entry that entered TIME_WAIT w seconds ago or less shows left >= tw_s - w, and one
+        # with less than w seconds to live shows left < w: each test spans w seconds.
+        win = max(min(CHURN_WINDOW_S, tw_s), 1)
         left = rows["timeout_s"].astype(np.int64)
-        young = np.bincount(gid[tw & (left > tw_s - CHURN_WINDOW_S)], minlength=ng)
-        old = np.bincount(gid[tw & (left < CHURN_WINDOW_S)], minlength=ng)
-        churn = young / CHURN_WINDOW_S
-        trend = (young - old) / CHURN_WINDOW_S
+        young = np.bincount(gid[tw & (left >= tw_s - win)], minlength=ng)
+        old = np.bincount(gid[tw & (left < win)], minlength=ng)
+        churn = young / win
+        trend = (young - old) / win
+        if eviction:
+            # A full pool on an evicting kernel: each new SYN evicts a TIME_WAIT entry, so the
+            # young ones are survivors, not arrivals (see churn_under_eviction()).
+            size = hi - lo + 1
+            for full in np.flatnonzero((held >= size) & (reclaim > 0)):
+                mine = (gid == full) & tw & (left >= tw_s - win)
+                churn[full] = churn_under_eviction(tw_s - left[mine], win)
         for g in range(ng):
             r = rows[first[g]]
             pools.append(
@@ -286,4 +297,44 @@ def analyze_nat(snap: Snapshot, previous: Snapshot | None = None) -> NatAnalysis
     )  # fmt: skip
 
 
-__all__ = ["EVICTION_KERNEL", "KIND_NAT", "NatAnalysis", "NatPool", "analyze_nat"]
+def churn_under_eviction(age_bins: np.ndarray, win: int) -> float:
+    """New connections per second into a full pool whose kernel evicts TIME_WAIT entries, from
+    the entries that entered TIME_WAIT within `win` seconds (`age_bins`: tw_s - CTA_TIMEOUT, so
+    bin j holds ages in (j - 1, j]).
+
+    A SYN evicts the entry on the port its search probes (nf_nat_used_tuple_harder()), not the
+    oldest, so at turnover rate mu per entry a survivor's age is exponential: the count in bin
+    j is proportional to q^(j-1), q = e^-mu. The maximum-likelihood q of that geometric law on
+    win bins matches the mean bin (solved by bisection; mean >= (win - 1) / 2 is no eviction,
+    q = 1), and arrivals are survivors / the surviving share: n mu / (1 - q^win) per second,
+    which is n / win when q = 1 -- the plain count."""
+    n = int(age_bins.size)
+    if n == 0:
+        return 0.0
+    k = np.clip(age_bins.astype(np.int64) - 1, 0, win - 1).astype(np.float64)
+    mean = float(k.mean())
+    ks = np.arange(win, dtype=np.float64)
+
+    def expected(q: float) -> float:
+        w = q**ks
+        return float((ks * w).sum() / w.sum())
+
+    if win < 2 or mean >= expected(1.0):
+        return n / win
+    lo, hi = 1e-9, 1.0
+    for _ in range(60):  # expected() rises with q
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if expected(mid) < mean else (lo, mid)
+    q = (lo + hi) / 2
+    mu = -float(np.log(q))
+    return n * mu / (1.0 - q**win)
+
+
+__all__ = [
+    "EVICTION_KERNEL",
+    "KIND_NAT",
+    "NatAnalysis",
+    "NatPool",
+    "analyze_nat",
+    "churn_under_eviction",
+]

@@ -91,10 +91,20 @@ def reuse_in_pods() -> R.Remedy:
     )
 
 
-def wide_port_range(ctx: R.Context, pool: NatPool) -> R.Remedy | None:
+def wide_port_range(
+    ctx: R.Context, pool: NatPool, to: tuple[int, int] = C.NAT_DEFAULT_PORTS, *,
+    always: bool = False,
+) -> R.Remedy | None:  # fmt: skip
+    """The range `to` instead of the pool's; None when the pool's range is already wide
+    (unless `always`: plan tries a range the user names)."""
     lo, hi = pool.port_range
-    if (lo, hi) == C.NAT_DEFAULT_PORTS or hi - lo + 1 >= 60000:
+    if not always and ((lo, hi) == C.NAT_DEFAULT_PORTS or hi - lo + 1 >= 60000):
         return None
+    then = (
+        "# then: ... masquerade to :1024-65535   (or drop `to :PORTS`)"
+        if to == C.NAT_DEFAULT_PORTS
+        else f"# then: ... masquerade to :{to[0]}-{to[1]}"
+    )
     return R.Remedy(
         id="nat-wide-port-range",
         title=f"Widen the NAT port range (now {lo}-{hi}: {hi - lo + 1:,} ports)",
@@ -105,7 +115,7 @@ def wide_port_range(ctx: R.Context, pool: NatPool) -> R.Remedy | None:
         "conntrack entries hold them; nothing else.",
         commands=(
             f"{_nft_prefix(ctx)}nft list ruleset | grep -n 'masquerade\\|snat'",
-            "# then: ... masquerade to :1024-65535   (or drop `to :PORTS`)",
+            then,
         ),
     )
 
@@ -127,16 +137,22 @@ def random_fully(ctx: R.Context, nat: NatAnalysis) -> R.Remedy:
     )
 
 
-def ct_time_wait(ctx: R.Context, nat: NatAnalysis) -> R.Remedy | None:
+def ct_time_wait(
+    ctx: R.Context, nat: NatAnalysis, target: int = SAFE_CT_TIME_WAIT_S
+) -> R.Remedy | None:
+    """nf_conntrack_tcp_timeout_time_wait shortened to `target` (never below
+    SAFE_CT_TIME_WAIT_S); None when it is not longer than that now."""
     cur = nat.time_wait_s
-    if cur <= SAFE_CT_TIME_WAIT_S:
+    target = max(target, SAFE_CT_TIME_WAIT_S)
+    if cur <= target:
         return None
+    floor = "no lower" if target == SAFE_CT_TIME_WAIT_S else f"never below {SAFE_CT_TIME_WAIT_S} s"
     return R.Remedy(
         id="nat-ct-time-wait",
-        title=f"Shorten conntrack's TIME_WAIT from {cur} s to {SAFE_CT_TIME_WAIT_S} s, no lower",
-        changes=f"A closed connection's translated port comes back after {SAFE_CT_TIME_WAIT_S} s "
+        title=f"Shorten conntrack's TIME_WAIT from {cur} s to {target} s, {floor}",
+        changes=f"A closed connection's translated port comes back after {target} s "
         f"instead of {cur} s: the capacity toward one destination grows by "
-        f"{cur / SAFE_CT_TIME_WAIT_S:.1f}x (ports / (timeout + lifetime)).",
+        f"{cur / target:.1f}x (ports / (timeout + lifetime)).",
         risk="This shortens a protection: the entry keeps the mapping for late segments and "
         "retransmitted FINs, and a new connection given the same translated port can meet the "
         "server's TIME_WAIT of the old one. 60 s matches the endpoints' own TIME_WAIT "
@@ -144,8 +160,7 @@ def ct_time_wait(ctx: R.Context, nat: NatAnalysis) -> R.Remedy | None:
         "one that reused the four-tuple. It applies to every tracked connection of the "
         "namespace.",
         commands=(
-            f"{ctx.prefix}sysctl -w net.netfilter.nf_conntrack_tcp_timeout_time_wait="
-            f"{SAFE_CT_TIME_WAIT_S}",
+            f"{ctx.prefix}sysctl -w net.netfilter.nf_conntrack_tcp_timeout_time_wait={target}",
         ),
     )
 

@@ -17,6 +17,11 @@ the workload:
 - bind-address-no-port: sockets that bound before connecting share their ports again;
 - peer-closes-first: TIME_WAIT moves to the server, the client's port is free after the close.
 
+A masquerading host's NAT pools (translated ports toward one destination, held by conntrack
+entries) are planned the same way by doctor/nat_plan.py, with its own options (snat-addresses,
+nat-range, ct-time-wait) on the NAT gateway model; they come back in `Plan.nat`, each a
+DestinationPlan of kind "nat", where onset is the first SYN dropped and failures are drops.
+
 Churn is what the capture measured: over an interval (two captures), the live rate window (the
 TcpExt counter around the dump) or a trace; Little's law (TIME_WAIT / 60 s) only as a stated
 fallback. Churn counts closes, so while connect() already fails the offered load is higher than
@@ -57,6 +62,10 @@ OPTIONS: Final = (
     "more-destinations",
     "widen-range",
 )  # the doctor's order of preference (remedies.py): stop the churn, share, widen
+# NAT pools' options (doctor/nat_plan.py), in the order of the doctor's NAT remedies
+# (nat_rules.py): more addresses, a wider range, then the shorter conntrack TIME_WAIT.
+NAT_OPTIONS: Final = ("snat-addresses", "nat-range", "ct-time-wait")
+KIND_SOCKET: Final = "socket"
 AS_IS: Final = "as-is"
 DEFAULT_HORIZON_S: Final = 300.0
 DEFAULT_TOP: Final = 3
@@ -83,6 +92,7 @@ class OptionResult:
     times: tuple[float, ...]
     ports_in_use: tuple[float, ...]
     failures_series: tuple[float, ...]
+    note: str = ""  # what the reader must know about this run (e.g. how clients hash)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -95,6 +105,7 @@ class DestinationPlan:
     time_wait_now: int
     as_is: OptionResult
     options: tuple[OptionResult, ...]
+    kind: str = KIND_SOCKET  # "socket": a destination's four-tuples; "nat": a NAT pool
 
     @property
     def ranked(self) -> tuple[OptionResult, ...]:
@@ -107,6 +118,12 @@ class Plan:
     churn_basis: str  # how churn was known, in words
     destinations: tuple[DestinationPlan, ...]
     notes: tuple[str, ...] = field(default=())
+    nat: tuple[DestinationPlan, ...] = field(default=())  # NAT pools (kind "nat")
+
+    @property
+    def all(self) -> tuple[DestinationPlan, ...]:
+        """Destinations, then NAT pools."""
+        return self.destinations + self.nat
 
 
 # -- the state of one destination --------------------------------------------------------------
@@ -145,10 +162,10 @@ def _parse_tries(tries: Sequence[str]) -> dict[str, str]:
     for t in tries:
         name, _, value = t.partition("=")
         name = name.strip()
-        if name not in OPTIONS:
+        if name not in OPTIONS + NAT_OPTIONS:
             raise PlanError(
-                f"--try {t!r}: no such remedy; choose from {', '.join(OPTIONS)} "
-                "(e.g. --try pool=32 --try widen-range=1024-65535)"
+                f"--try {t!r}: no such remedy; choose from {', '.join(OPTIONS + NAT_OPTIONS)} "
+                "(e.g. --try pool=32 --try widen-range=1024-65535 --try snat-addresses=4)"
             )
         out[name] = value.strip()
     return out
@@ -285,8 +302,9 @@ def _run(setup: _Setup, option: str, horizon_s: float, hz: int) -> OptionResult:
     )
 
 
-def _rank_key(o: OptionResult) -> tuple[float, float, int]:
-    order = OPTIONS.index(o.option) if o.option in OPTIONS else len(OPTIONS)
+def rank_key(o: OptionResult) -> tuple[float, float, int]:
+    """No failures first, then the latest onset, then the doctor's order of preference."""
+    order = (OPTIONS + NAT_OPTIONS).index(o.option) if o.option in OPTIONS + NAT_OPTIONS else 99
     return (o.failures_per_s, -(o.onset_s if o.onset_s is not None else math.inf), order)
 
 
@@ -319,10 +337,15 @@ def plan(
     if not 1 <= horizon_s <= 86_400:
         raise PlanError(f"--horizon {horizon_s}: give 1 to 86400 seconds")
     wanted = _parse_tries(tries) if tries else None
+    # --try names options of one kind or both: a kind none of them names is left out.
+    sock_wanted = None if wanted is None else {k: v for k, v in wanted.items() if k in OPTIONS}
+    nat_wanted = None if wanted is None else {k: v for k, v in wanted.items() if k in NAT_OPTIONS}
     duration = int(horizon_s * SEC)
     notes: list[str] = []
     out: list[DestinationPlan] = []
     idx = [int(i) for i in np.flatnonzero(a.dest_churn > 0)][: max(top, 0)]
+    if sock_wanted is not None and not sock_wanted:
+        idx = []
     if not idx and a.n_destinations:
         notes.append("no destination has churn now: nothing to run forward")
     if idx and not snap.kernel_hz:
@@ -344,7 +367,8 @@ def plan(
         hz = snap.kernel_hz
         as_is = _run(_Setup(snap.config, base, "", None), AS_IS, horizon_s, hz)
         opts = [
-            _run(setup, name, horizon_s, hz) for name, setup in _options(snap, a, d, base, wanted)
+            _run(setup, name, horizon_s, hz)
+            for name, setup in _options(snap, a, d, base, sock_wanted)
         ]
         out.append(
             DestinationPlan(
@@ -353,12 +377,19 @@ def plan(
                 held_now=d.in_use + d.bound,
                 time_wait_now=d.time_wait,
                 as_is=as_is,
-                options=tuple(sorted(opts, key=_rank_key)),
+                options=tuple(sorted(opts, key=rank_key)),
             )
         )
+    nat: list[DestinationPlan] = []
+    if nat_wanted is None or nat_wanted:
+        from timewait.doctor.nat_plan import plan_pools  # it builds on this module's types
+
+        nat, nat_notes = plan_pools(snap, a.nat, horizon_s=horizon_s, lifetime=LIFETIME,
+                                    top=top, wanted=nat_wanted)  # fmt: skip
+        notes += nat_notes
     return Plan(
         horizon_s=horizon_s, churn_basis=churn_basis(a), destinations=tuple(out),
-        notes=tuple(notes),
+        notes=tuple(notes), nat=tuple(nat),
     )  # fmt: skip
 
 
@@ -368,4 +399,14 @@ def _loopback(d: Destination) -> bool:
     return bool(is_loopback(both).any())
 
 
-__all__ = ["AS_IS", "OPTIONS", "DestinationPlan", "OptionResult", "Plan", "PlanError", "plan"]
+__all__ = [
+    "AS_IS",
+    "NAT_OPTIONS",
+    "OPTIONS",
+    "DestinationPlan",
+    "OptionResult",
+    "Plan",
+    "PlanError",
+    "plan",
+    "rank_key",
+]

@@ -80,7 +80,8 @@ def _timer_histogram(counts: Sequence[int], bucket_s: int, salt: str) -> str:
 
 
 def plan_svg(d: DestinationPlan, labels: Sequence[str], salt: str) -> str:
-    """Ports in use and failures per second over time, one line per option (as is dashed)."""
+    """Ports in use and failures per second over time, one line per option (as is dashed); for
+    a NAT pool, translated ports held (the fullest address's) and SYNs dropped."""
     import matplotlib
 
     with matplotlib.rc_context(STYLE):
@@ -95,11 +96,15 @@ def _plan(d: DestinationPlan, labels: Sequence[str], salt: str) -> str:
         top.plot(list(o.times), list(o.ports_in_use), label=label, linewidth=1.4, **style)
         bottom.plot(list(o.times), list(o.failures_series), linewidth=1.4, **style)
     top.axhline(d.as_is.usable, color="grey", linewidth=0.8, linestyle=":")
-    top.set_ylabel("ports in use")
-    bottom.set_ylabel("EADDRNOTAVAIL / s")
+    from timewait.doctor.nat import KIND_NAT
+
+    nat = d.kind == KIND_NAT
+    top.set_ylabel("translated ports held" if nat else "ports in use")
+    bottom.set_ylabel("SYNs dropped / s" if nat else "EADDRNOTAVAIL / s")
     bottom.set_xlabel("seconds after the capture")
     for ax in (top, bottom):
         ax.grid(True, alpha=0.3)
         ax.spines[["top", "right"]].set_visible(False)
     top.legend(fontsize="small", loc="best")
-    return to_svg(fig, salt, f"{d.label}: ports in use and failures per option")
+    what = "ports held and drops" if nat else "ports in use and failures"
+    return to_svg(fig, salt, f"{d.label}: {what} per option")

@@ -80,13 +80,15 @@ def _plan_context(plan: Plan | None, prefix: str) -> dict[str, Any] | None:
     if plan is None:
         return None
     from timewait.render.charts import plan_svg
-    from timewait.render.plan import option_label, plan_json
+    from timewait.render.plan import headings, option_label, plan_json
 
     doc = plan_json(plan)
-    for i, (d, dj) in enumerate(zip(plan.destinations, doc["destinations"], strict=True)):
+    pairs = zip(plan.all, doc["destinations"] + doc["nat"], strict=True)
+    for i, (d, dj) in enumerate(pairs):
         labels = [option_label(o) for o in (d.as_is, *d.options)]
         dj["labels"] = labels
         dj["chart"] = plan_svg(d, labels, f"{prefix}plan{i}")
+        dj["onset_heading"], dj["failures_heading"] = headings(d)
     return doc
 
 

@@ -13,6 +13,9 @@ up), sends a SYN through the gateway, and:
 - dropped (no translated port): the client gives up after `syn_timeout` without a retransmission
   (the lab's clients use a timeout below the 1 s initial RTO), its port is free again and there
   is no TIME_WAIT anywhere.
+A run may start from a captured table: `held_at_start` (translated ports of open entries, held
+for the whole run) and `time_wait_at_start` (translated ports of closed entries, each with the
+time its conntrack timer has left), seeded at 0 under keys of no client (model/nat.py seed()).
 Local ports: a client picks uniformly among its free ports (the kernel's perturbed scan,
 ref 7.2, gives another order; only reuse of a port toward the same server within the gateway's
 TIME_WAIT depends on it, and the SYN then reopens the entry).
@@ -38,6 +41,7 @@ from timewait.units import MS, SEC
 
 CLIENT_NET = "198.18.1."
 SERVER = ("198.18.0.2", 80)
+CAPTURED = "captured"  # the client address of seeded entries: no client of the run has it
 
 
 class InvalidNatWorkload(TimewaitError, ValueError):
@@ -54,12 +58,19 @@ class NatWorkload:
     client_ports: tuple[int, int] = (50000, 59999)
     payload: int = 0  # bytes the client sends (moves td_end)
     sample_every: int = SEC
+    held_at_start: tuple[int, ...] = ()  # translated ports of open entries at 0
+    time_wait_at_start: tuple[tuple[int, int], ...] = ()  # (translated port, ns left) at 0
 
     def __post_init__(self) -> None:
         if self.clients < 1 or not self.rate > 0 or self.duration <= 0:
             raise InvalidNatWorkload("need clients >= 1, rate > 0 and duration > 0")
         if self.lifetime < 0 or self.syn_timeout <= 0 or self.sample_every <= 0:
             raise InvalidNatWorkload("lifetime >= 0, syn_timeout > 0, sample_every > 0")
+        ports = list(self.held_at_start) + [p for p, _ in self.time_wait_at_start]
+        if len(set(ports)) != len(ports):
+            raise InvalidNatWorkload("a translated port seeded twice")
+        if any(left <= 0 for _, left in self.time_wait_at_start):
+            raise InvalidNatWorkload("a seeded TIME_WAIT entry with no time left")
 
 
 @dataclass
@@ -95,6 +106,12 @@ def simulate_nat(gw: NatGateway, wl: NatWorkload, *, rng: random.Random) -> NatR
     frac = Fraction(wl.rate).limit_denominator(1_000_000)
     n_attempts = int(wl.duration * frac.numerator // (frac.denominator * SEC))
     dst, dport = SERVER
+    for port in wl.held_at_start:
+        k = (CAPTURED, port, dst, dport)
+        gw.seed(0, k, port, td_end=gw.isn(k, 0) + 1, left=None)
+    for port, left in wl.time_wait_at_start:
+        k = (CAPTURED, port, dst, dport)
+        gw.seed(0, k, port, td_end=gw.isn(k, 0) + 2, left=left)
     next_sample = 0
     drops_at_last = 0
 

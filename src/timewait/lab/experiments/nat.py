@@ -43,6 +43,7 @@ from timewait.lab.experiments.registry import register
 from timewait.lab.namespaces import (
     LabUnavailable,
     NetnsProcess,
+    add_address,
     in_private_netns,
     run_in_netns,
     throwaway_netns,
@@ -181,10 +182,12 @@ class Topology:
 @contextlib.contextmanager
 def nat_topology(
     clients: int, ports: tuple[int, int] | None, ct_time_wait_s: int = 120, *,
-    server: bool = True,
+    server: bool = True, snat_to: tuple[str, str] | None = None,
 ) -> Iterator[Topology]:  # fmt: skip
     """Client namespaces behind a router that masquerades (to :ports; no NAT rule when
     `ports` is None) toward a server namespace holding connections on SERVER_IP:PORT.
+    `snat_to` (first, last address, in the router's /24 toward the server): `snat to
+    FIRST-LAST:ports` instead of masquerade, the addresses added to the router's side.
     Everything is removed on exit, error, Ctrl-C and SIGTERM (throwaway_netns)."""
     with contextlib.ExitStack() as stack:
         router = stack.enter_context(throwaway_netns())
@@ -203,10 +206,18 @@ def nat_topology(
         run_in_netns(router, set_sysctls, {"ip_forward": "1"})
         if ports is not None:
             lo, hi = ports
+            action = f"masquerade to :{lo}-{hi}"
+            if snat_to is not None:
+                import ipaddress
+
+                first, last = (ipaddress.ip_address(a) for a in snat_to)
+                for k in range(int(last) - int(first) + 1):
+                    if str(first + k) != ROUTER_OUT:
+                        add_address(router, out_dev, str(first + k))
+                action = f"snat ip to {first}-{last}:{lo}-{hi}"
             body = (
                 "chain post { type nat hook postrouting priority srcnat; policy accept;\n"
-                f'  ip saddr 198.18.0.0/15 ip protocol tcp oifname "{out_dev}" '
-                f"masquerade to :{lo}-{hi}\n}}"
+                f'  ip saddr 198.18.0.0/15 ip protocol tcp oifname "{out_dev}" {action}\n}}'
             )
             stack.enter_context(NftTable(router, body))
             run_in_netns(
