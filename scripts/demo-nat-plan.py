@@ -21,7 +21,7 @@ from timewait.lab.namespaces import NetnsProcess, run_in_netns
 from timewait.live.capture import capture
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent))
-from tests.live.test_nat_kernel import hold  # noqa: E402
+from tests.live.test_nat_kernel import hold
 
 RATE, DURATION, HELD = 30.0, 14.0, 90
 
@@ -49,8 +49,10 @@ def main() -> int:
         subprocess.run([*tw, "plan", *files], check=False)
     made = int(RATE * (DURATION - 7.0))
     dropped = sum(1 for r in results for t in r["drops"] if t >= 7.0)
-    print(f"kernel: {dropped} of the {made} SYNs sent after the first capture were dropped "
-          f"({dropped / made:.0%}, {dropped / (DURATION - 7.0):.1f}/s)")
+    print(
+        f"kernel: {dropped} of the {made} SYNs sent after the first capture were dropped "
+        f"({dropped / made:.0%}, {dropped / (DURATION - 7.0):.1f}/s)"
+    )
     return 0
 
 
