@@ -295,3 +295,27 @@ def fail_other(n: int) -> None:
         c = socket.socket()
         assert c.connect_ex(("127.0.0.1", 9)) != 0
         c.close()
+
+
+def test_report_trace_shows_the_traced_failures_and_plans_from_the_traced_churn(
+    ns: str, tmp_path: Path
+) -> None:
+    """`report --trace S -o` (issue 16 item 3, "the trace summary when present"): the page's
+    Trace section has the N failures for that process and destination, and the plan says its
+    churn came from the trace."""
+    import re
+
+    out = tmp_path / "traced.html"
+    report = Running(["report", "--netns", ns, "--trace", "3", "-o", str(out)], tmp_path)
+    report.attached()
+    pid = run_in_netns(ns, churn_and_fail, 10, 29)
+    code, _ = report.finish()
+    assert code == ExitStatus.CRITICAL, report.stderr()
+    page = out.read_text()
+    section = page[page.index('<section id="trace">') :]
+    section = section[: section.index("</section>")]
+    text = " ".join(re.sub(r"<[^>]+>", " ", section).split())
+    assert "connect() failures 29" in text and "EADDRNOTAVAIL 29" in text
+    assert f"EADDRNOTAVAIL 29 connect() python[{pid}]" in text and "127.0.0.1:20000" in text
+    assert "active closes 10" in text
+    assert "the active closes counted in the kernel per destination (eBPF trace)" in page

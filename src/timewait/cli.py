@@ -859,6 +859,15 @@ def plan_cmd(
 )
 @click.option("--no-plan", is_flag=True, help="Leave out the plan (its runs take a second).")
 @source_option
+@click.option(
+    "--trace",
+    "trace_s",
+    type=click.FloatRange(min=0.1, max=3600.0),
+    metavar="S",
+    help="Count in the kernel (eBPF, needs root and bpftrace) for S seconds instead of the "
+    "--interval captures: connect()/bind() failures by errno, process and destination, and the "
+    "active closes, which then give each destination's churn exactly. The page shows them.",
+)
 @click.pass_obj
 def report_cmd(
     obj: Ctx,
@@ -874,6 +883,7 @@ def report_cmd(
     top: int,
     no_plan: bool,
     source: str,
+    trace_s: float | None,
 ) -> None:
     """The doctor's report, to share: `report -o incident.html` writes one HTML file.
 
@@ -908,6 +918,10 @@ def report_cmd(
             check_output_file(output, example="incident.html")
         except OutputPathError as e:
             raise click.BadParameter(str(e), param_hint=["-o", "--output"]) from None
+    if trace_s is not None and (from_files or all_netns):
+        raise click.UsageError(
+            "--trace counts one live namespace: it cannot be combined with --from or --all-netns"
+        )
     if all_netns:
         assert output is not None
         _report_all_netns(
@@ -915,7 +929,10 @@ def report_cmd(
             horizon=None if no_plan else horizon,
         )  # fmt: skip
         return
-    current, previous = _churn_captures(obj, from_files, netns, pid, interval, source)
+    if trace_s is not None:
+        current, previous = traced_capture(obj, netns, pid, source, trace_s), None
+    else:
+        current, previous = _churn_captures(obj, from_files, netns, pid, interval, source)
     from timewait.doctor import diagnose
 
     diagnosis = diagnose(current, previous)

@@ -315,6 +315,8 @@ def churn_basis(a: Analysis) -> str:
             "one snapshot: churn = TIME_WAIT / 60 s (Little's law), an average over the last "
             "minute; measure it with --interval S (or a trace) for a plan you can trust"
         )
+    if a.churn_method == "traced":
+        return "the active closes counted in the kernel per destination (eBPF trace)"
     if a.interval_s:
         return f"measured over {a.interval_s:.1f} s between two captures"
     if a.rate_window_s:

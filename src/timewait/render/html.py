@@ -21,6 +21,7 @@ from timewait.config import KernelConfig
 from timewait.doctor.pools import KIND_BIND
 from timewait.doctor.schema import to_json
 from timewait.render.report import human_bytes, human_seconds, pool_note
+from timewait.render.trace import CALL
 
 if TYPE_CHECKING:
     from timewait.doctor import Diagnosis
@@ -31,6 +32,7 @@ CHURN_METHOD: Final = {
     "littles_law": "TIME_WAIT / 60 s: the average over the last minute (one capture)",
     "tw_counter": "the kernel's TcpExt TW counter over the capture window: the rate now",
     "tw_timers": "TIME_WAITs created between the two captures",
+    "traced": "the active closes counted in the kernel (eBPF trace)",
 }
 
 
@@ -151,6 +153,7 @@ def context(
         if d.analysis.totals.time_wait
         else "",
         "settings": _settings(d),
+        "trace": doc.get("trace"),
         "plan": _plan_context(plan, prefix),
         "prefix": prefix,
     }
@@ -169,6 +172,7 @@ def _render(**values: Any) -> str:
     env.filters["pct"] = lambda x: "-" if x is None else f"{x:.0%}"
     env.filters["secs"] = human_seconds
     env.filters["when"] = lambda s: "never" if s is None else f"in {human_seconds(s)}"
+    env.filters["call"] = lambda kind: CALL.get(kind, kind)
     page = env.from_string((templates / "report.html.j2").read_text())
     css = (templates / "report.css").read_text()
     return page.render(css=css, version=__version__, **values)

@@ -5,12 +5,20 @@ rich renderables from timewait.doctor.trace tables; the CLI prints.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Final
 
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
 from timewait.doctor import trace as T
+
+# The call that failed, by Kind.label (the JSON's "kind"): the terminal and the HTML report.
+CALL: Final = {
+    T.Kind.CONNECT_ERROR.label: "connect()",
+    T.Kind.CONNECT_ASYNC_ERROR.label: "connect() async",
+    T.Kind.BIND_ERROR.label: "bind()",
+}
 
 
 def _rate(n: int, window_s: float) -> str:
@@ -66,11 +74,7 @@ def failures_table(tr: T.Traced, *, netns: int | None = None, top: int = 10) -> 
     )
     groups.sort(key=lambda g: -g.count)
     for g in groups[:top]:
-        call = {
-            T.Kind.CONNECT_ERROR: "connect()",
-            T.Kind.CONNECT_ASYNC_ERROR: "connect() async",
-            T.Kind.BIND_ERROR: "bind()",
-        }[g.kind]
+        call = CALL[g.kind.label]
         tab.add_row(
             Text(g.errno_name, style="bold red" if g.errno == T.EADDRNOTAVAIL else ""),
             f"{g.count:,}",
