@@ -90,3 +90,16 @@ def test_json_pools_shape() -> None:
     ports = doc["ports"]
     assert (ports["budget"], ports["exclusive"], ports["capacity"]) == (100, 0, 100)
     assert ports["inference"] == {"parity": 0, "no_sharing": 0, "same_address": 0}
+
+
+def test_no_control_character_in_the_settings() -> None:
+    """The port range's tab (the kernel's sysctl text) is a space in the JSON (issue 17)."""
+    import json
+    import re
+
+    from timewait.config import KernelConfig
+
+    cfg = KernelConfig(ip_local_port_range=(40000, 40999))
+    doc = to_json(diagnose(snap([tw(C, 40000, S1, 80)], cfg)))
+    assert doc["config"]["ip_local_port_range"] == "40000 40999"
+    assert not re.search(r"\\[tnr]|\\u00", json.dumps(doc["config"]))

@@ -20,7 +20,8 @@ labels (pod, namespace, container, netns, ...) and rank beside it.
     interval_s        seconds between the two snapshots, or null for one snapshot
     rate_window_s     seconds between the live capture's two counter reads (its churn is the
                       TcpExt TW delta over them), or null
-    config            every modelled sysctl as the kernel prints it (KernelConfig.to_sysctl())
+    config            every modelled sysctl as the kernel prints it, whitespace as one space
+                      (KernelConfig.to_text(): "32768 60999", no tab)
     totals            {sockets, time_wait, time_wait_server, time_wait_client,
                        fin_wait2 (minisockets: orphans), fin_wait2_full, established, listen,
                        bound_inactive, minisockets, sockstat_tw (kernel count or null),
@@ -176,7 +177,7 @@ def to_json(diagnosis: Diagnosis, *, top: int | None = 10) -> dict[str, Any]:
         },
         "interval_s": a.interval_s,
         "rate_window_s": None if a.rate_window_s is None else round(a.rate_window_s, 3),
-        "config": snap.config.to_sysctl(),
+        "config": snap.config.to_text(),
         "totals": {
             "sockets": t.sockets,
             "time_wait": t.time_wait,

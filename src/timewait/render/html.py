@@ -66,13 +66,13 @@ def _pools(d: Diagnosis) -> list[dict[str, Any]]:
 
 
 def _settings(d: Diagnosis) -> list[dict[str, Any]]:
-    now, default = d.snapshot.config.to_sysctl(), KernelConfig().to_sysctl()
+    now, default = d.snapshot.config.to_text(), KernelConfig().to_text()
     return [
         {
             "name": k,
-            "value": " ".join(v.split()) or "(empty)",
-            "default": " ".join(default.get(k, "").split()) or "(empty)",
-            "changed": " ".join(v.split()) != " ".join(default.get(k, "").split()),
+            "value": v or "(empty)",
+            "default": default.get(k, "") or "(empty)",
+            "changed": v != default.get(k, ""),
         }
         for k, v in now.items()
     ]
