@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -26,19 +25,10 @@ from timewait.lab.experiments.base import set_sysctls
 from timewait.lab.namespaces import run_in_netns, throwaway_netns
 from timewait.status import ExitStatus
 
-from .lab.helpers import as_nobody, need_root
+from .lab.helpers import as_nobody, need_bpftrace, need_root
 
 TIMEWAIT = str(Path(sys.executable).with_name("timewait"))
 SERVER = ("127.0.0.1", 20000)
-
-
-def need_bpftrace() -> None:
-    need_root()
-    if shutil.which("bpftrace") is None:
-        reason = "needs bpftrace (Debian package bpftrace; `make test` installs it)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason}; under CI=true this test must run")
-        pytest.skip(reason)
 
 
 @pytest.fixture

@@ -30,20 +30,11 @@ from timewait.lab.experiments.base import set_sysctls
 from timewait.lab.namespaces import run_in_netns, throwaway_netns
 from timewait.live import tracer as TR
 
-from ..lab.helpers import need_root
+from ..lab.helpers import need_bpftrace
 
 pytestmark = pytest.mark.root
 
 SERVER = ("127.0.0.1", 20000)
-
-
-def need_bpftrace() -> None:
-    need_root()
-    if shutil.which("bpftrace") is None:
-        reason = "needs bpftrace (Debian package bpftrace; `make test` installs it)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason}; under CI=true this test must run")
-        pytest.skip(reason)
 
 
 @pytest.fixture

@@ -64,7 +64,14 @@ from timewait import conntrack as C
 from timewait.config import KernelConfig
 from timewait.doctor import nat_rules as NR
 from timewait.doctor.nat import KIND_NAT, NatAnalysis, NatPool
-from timewait.doctor.plan import NAT_OPTIONS, DestinationPlan, OptionResult, PlanError, rank_key
+from timewait.doctor.plan import (
+    NAT_OPTIONS,
+    DestinationPlan,
+    OptionResult,
+    PlanError,
+    int_value,
+    rank_key,
+)
 from timewait.doctor.rules import context
 from timewait.model.nat import NatGateway, snat_address_index
 from timewait.sim.nat import NatResult, NatWorkload, simulate_nat
@@ -148,18 +155,6 @@ class _Setup:
     risk: str = ""
 
 
-def _int(name: str, text: str, default: int, lo: int, hi: int) -> int:
-    if not text:
-        return default
-    try:
-        v = int(text)
-    except ValueError:
-        raise PlanError(f"--try {name}={text}: expected a whole number") from None
-    if not lo <= v <= hi:
-        raise PlanError(f"--try {name}={text}: must be {lo}..{hi}")
-    return v
-
-
 def _range(text: str) -> tuple[int, int]:
     if not text:
         return C.NAT_DEFAULT_PORTS
@@ -184,7 +179,7 @@ def options(
     tw = nat.time_wait_s
     out: list[tuple[str, _Setup]] = []
     if "snat-addresses" in pick:
-        n = _int("snat-addresses", pick["snat-addresses"], DEFAULT_ADDRESSES, 2, 1024)
+        n = int_value("snat-addresses", pick["snat-addresses"], DEFAULT_ADDRESSES, 2, 1024)
         rem = NR.more_snat_addresses(ctx, pool)
         out.append(("snat-addresses", _Setup(pool.port_range, tw, n, str(n), rem.changes,
                                              rem.risk)))  # fmt: skip
@@ -202,7 +197,7 @@ def options(
                 f"rule's range {a}-{b} ({pool.size:,} ports)"
             )
     if "ct-time-wait" in pick:
-        s = _int("ct-time-wait", pick["ct-time-wait"], NR.SAFE_CT_TIME_WAIT_S, 1, 86_400)
+        s = int_value("ct-time-wait", pick["ct-time-wait"], NR.SAFE_CT_TIME_WAIT_S, 1, 86_400)
         if s < NR.SAFE_CT_TIME_WAIT_S:
             raise PlanError(
                 f"--try ct-time-wait={s}: not below {NR.SAFE_CT_TIME_WAIT_S} s, the endpoints' "

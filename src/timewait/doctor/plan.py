@@ -171,7 +171,8 @@ def _parse_tries(tries: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def _int_value(name: str, text: str, default: int, lo: int, hi: int) -> int:
+def int_value(name: str, text: str, default: int, lo: int, hi: int) -> int:
+    """A --try value: a whole number in lo..hi, or `default` when none is given."""
     if not text:
         return default
     try:
@@ -199,7 +200,7 @@ def _options(
     out: list[tuple[str, _Setup]] = []
     if "pool" in pick:
         guess = max(1, math.ceil(d.churn_per_s * LIFETIME / SEC) * 4)
-        k = _int_value("pool", pick["pool"], guess, 1, 65535)
+        k = int_value("pool", pick["pool"], guess, 1, 65535)
         w = _replace(base, rate=0.0, held_at_start=base.held_at_start + k)
         out.append(("pool", _Setup(cfg, w, str(k), R.pooling())))
     if "tw-reuse" in pick:
@@ -219,7 +220,7 @@ def _options(
         w = _replace(base, client_closes_first=False)
         out.append(("peer-closes-first", _Setup(cfg, w, "", R.peer_closes_first())))
     if "more-destinations" in pick:
-        n = _int_value("more-destinations", pick["more-destinations"], 2, 2, 1024)
+        n = int_value("more-destinations", pick["more-destinations"], 2, 2, 1024)
         w = _replace(base, destinations=n)
         out.append(("more-destinations", _Setup(cfg, w, str(n), R.more_destinations())))
     if "widen-range" in pick:
