@@ -231,3 +231,15 @@ def test_live_doctor_reads_the_churn_now_and_interval_0_does_not() -> None:
     assert live["churn_method"] == "tw_counter" and live["rate_window_s"] > 0
     one = json.loads(run("doctor", "--json", "--interval", "0").stdout)
     assert one["churn_method"] == "littles_law" and one["rate_window_s"] is None
+
+
+def test_two_captures_of_different_namespaces_are_refused(tmp_path: Path) -> None:
+    a = snap([], SMALL, namespace="netns:a", monotonic_ns=10**12)
+    b = snap([], SMALL, namespace="netns:b", monotonic_ns=2 * 10**12)
+    a.save(tmp_path / "a.npz")
+    b.save(tmp_path / "b.npz")
+    for cmd in ("doctor", "plan", "report"):
+        r = run(cmd, "--from", str(tmp_path / "a.npz"), "--from", str(tmp_path / "b.npz"))
+        assert r.exit_status == ExitStatus.USAGE, (cmd, r.stderr)
+        assert "different namespaces (netns:a; netns:b)" in r.stderr
+        assert len(r.stderr.splitlines()) == 1

@@ -78,3 +78,42 @@ def test_filesystem_type_takes_the_longest_mount_point(tmp_path: Path) -> None:
     assert filesystem_type("/procx", str(info)) == "ext4"
     assert filesystem_type("/my disk/a", str(info)) == "tmpfs"
     assert filesystem_type("/", str(info)) == "ext4"
+
+
+def test_write_atomic_replaces_whole_with_a_shareable_mode(tmp_path: Path) -> None:
+    from timewait.outpath import _umask, write_atomic
+
+    f = tmp_path / "report.html"
+    f.write_text("old")
+    write_atomic(f, b"new")
+    assert f.read_bytes() == b"new" and f.stat().st_mode & 0o777 == 0o666 & ~_umask()
+    assert [p.name for p in tmp_path.iterdir()] == ["report.html"]
+
+
+def test_write_atomic_leaves_no_temp_file_when_the_rename_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from timewait.outpath import write_atomic
+
+    def fail(*_: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError, match="No space"):
+        write_atomic(tmp_path / "x.html", b"data")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_atomic_never_replaces_what_is_not_a_regular_file(tmp_path: Path) -> None:
+    """As root a rename would replace /dev/null itself: Snapshot.save() and the report refuse."""
+    from timewait.outpath import OutputPathError, write_atomic
+
+    from .doctor.helpers import snap
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(OutputPathError, match="not a regular file"):
+        write_atomic(fifo, b"x")
+    with pytest.raises(OutputPathError, match="not a regular file"):
+        snap([]).save(fifo)
+    assert stat.S_ISFIFO(fifo.stat().st_mode) and sorted(tmp_path.iterdir()) == [fifo]

@@ -196,6 +196,11 @@ class KernelConfig:
                 out[name] = str(value)
         return out
 
+    def to_text(self) -> dict[str, str]:
+        """to_sysctl() for people and JSON: whitespace runs as one space (the port range's
+        tab), so no control character reaches a terminal or a document."""
+        return {k: " ".join(v.split()) for k, v in self.to_sysctl().items()}
+
 
 def parse_sysctl(name: str, text: str) -> object:
     """Parse one sysctl's text into the field's Python type (validation happens in KernelConfig)."""

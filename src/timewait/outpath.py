@@ -12,6 +12,7 @@ that contains the path).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from pathlib import Path
@@ -116,3 +117,43 @@ def check_output_file(path: str, *, example: str = "capture.npz") -> None:
         raise OutputPathError(
             f"no permission to create files in {parent}: give a directory you can write to"
         )
+
+
+def write_atomic(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` whole or not at all: a temp file beside it, then a rename.
+
+    A reader never sees half a file, and an interrupted write leaves the old file as it was.
+    The temp file's name is unique (two writers never share it) and it is removed on any error;
+    the new file gets the mode a plain open() would give (0666 less the umask), not the 0600
+    of a temp file, since reports and captures are made to be shared.
+    """
+    import tempfile
+
+    p = Path(path)
+    try:
+        mode = p.stat().st_mode
+    except FileNotFoundError:
+        mode = stat.S_IFREG
+    if not stat.S_ISREG(mode):  # as root the rename would replace a device node or a socket
+        raise OutputPathError(f"{p} is not a regular file: give the name of a file to create")
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent or ".")
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, p)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _umask() -> int:
+    """The process's umask, read without setting it (os.umask() would, for every thread)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022

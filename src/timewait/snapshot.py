@@ -183,6 +183,8 @@ class Snapshot:
         tables: other tables of the namespace by name (structured arrays, read-only), e.g.
             "conntrack"; the module that reads one checks its dtype.
         labels: what names the namespace for people, e.g. {"pod": "web-1", "namespace": "prod"}.
+        kernel_hz: the captured kernel's CONFIG_HZ (its timer wheel rounds TIME_WAIT up to
+            60.5-62 s at 250), 0 when unknown.
     """
 
     sockets: np.ndarray
@@ -199,6 +201,7 @@ class Snapshot:
     counters_window_ns: int = 0
     tables: Mapping[str, np.ndarray] = field(default_factory=dict)
     labels: Mapping[str, str] = field(default_factory=dict)
+    kernel_hz: int = 0
 
     def __post_init__(self) -> None:
         if self.sockets.dtype != SOCKET_DTYPE:
@@ -253,6 +256,7 @@ class Snapshot:
             "counters_before": dict(self.counters_before),
             "counters_window_ns": self.counters_window_ns,
             "labels": dict(self.labels),
+            "kernel_hz": self.kernel_hz,
             "tables": {k: len(v) for k, v in self.tables.items()},
             "rows": len(self),
         }
@@ -267,14 +271,9 @@ class Snapshot:
 
     def save(self, path: str | Path) -> None:
         """Write to `path` (conventionally *.npz); the write is atomic (temp file + rename)."""
-        p = Path(path)
-        tmp = p.with_name(p.name + ".tmp")
-        try:
-            tmp.write_bytes(self.to_bytes())
-            tmp.replace(p)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        from timewait.outpath import write_atomic
+
+        write_atomic(path, self.to_bytes())
 
     @classmethod
     def from_bytes(cls, data: bytes, *, name: str = "snapshot") -> Snapshot:
@@ -368,6 +367,7 @@ class Snapshot:
             counters_window_ns=integer("counters_window_ns"),
             tables=tables,
             labels=labels,
+            kernel_hz=integer("kernel_hz"),
         )
 
     @classmethod

@@ -14,6 +14,7 @@ import pytest
 
 from timewait.config import KernelConfig
 from timewait.doctor import RULE_IDS, diagnose
+from timewait.doctor import trace as T
 from timewait.doctor.remedies import Remedy
 from timewait.snapshot import Snapshot
 
@@ -33,7 +34,7 @@ def scenario(kernel: str, reuse: int, ts: int, namespace: str) -> Snapshot:
     )
     return Snapshot(sockets=_SOCKETS, config=cfg, kernel=kernel, namespace=namespace,
                     counters={"TCPTimeWaitOverflow": 3, "sockstat.tw": 1260},
-                    notes=("test note",))  # fmt: skip
+                    notes=("test note",), tables=_TRACE)  # fmt: skip
 
 
 def _rows() -> list[dict[str, object]]:
@@ -52,6 +53,18 @@ def _rows() -> list[dict[str, object]]:
 
 
 _SOCKETS = snap(_rows()).sockets
+# A trace (doctor --trace) that saw connect() and bind(addr, 0) fail -> connect-failures,
+# bind-failures.
+_TRACE = T.tables(
+    T.rows_from_dicts(
+        [
+            dict(kind=T.Kind.CONNECT_ERROR, errno="EADDRNOTAVAIL", raddr=S1, rport=80, count=5),
+            dict(kind=T.Kind.BIND_ERROR, errno="EADDRINUSE", laddr=C, lport=0, count=3),
+        ]
+    ),
+    start_ns=1,
+    window_ns=5_000_000_000,
+)
 
 
 GRID = list(itertools.product(KERNELS, (0, 1, 2), (0, 1, 2), NAMESPACES))

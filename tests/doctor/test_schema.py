@@ -11,7 +11,8 @@ from .helpers import S1, V6C, V6S, C, listener, snap, tw, tws
 TOP_KEYS = {
     "schema", "status", "exit_status", "snapshot", "interval_s", "config", "totals", "ports",
     "churn_per_s", "churn_method", "trend_method", "timer_histogram", "memory_bytes",
-    "destinations", "destinations_total", "findings", "pools", "rate_window_s",
+    "destinations", "destinations_total", "findings", "pools", "rate_window_s", "nat",
+    "trace",
 }  # fmt: skip
 DEST_KEYS = {
     "src", "dst", "dport", "family", "time_wait", "established", "fin_wait2", "syn_sent",
@@ -28,7 +29,8 @@ def document() -> dict:
 def test_json_top_level_keys_and_status() -> None:
     doc = document()
     assert set(doc) == TOP_KEYS
-    assert doc["schema"] == "timewait-doctor/2"
+    assert doc["schema"] == "timewait-doctor/3"
+    assert doc["trace"] is None  # not traced (doctor --trace S adds it: test_trace.py)
     assert (doc["status"], doc["exit_status"]) == ("critical", 2)
 
 
@@ -88,3 +90,16 @@ def test_json_pools_shape() -> None:
     ports = doc["ports"]
     assert (ports["budget"], ports["exclusive"], ports["capacity"]) == (100, 0, 100)
     assert ports["inference"] == {"parity": 0, "no_sharing": 0, "same_address": 0}
+
+
+def test_no_control_character_in_the_settings() -> None:
+    """The port range's tab (the kernel's sysctl text) is a space in the JSON (issue 17)."""
+    import json
+    import re
+
+    from timewait.config import KernelConfig
+
+    cfg = KernelConfig(ip_local_port_range=(40000, 40999))
+    doc = to_json(diagnose(snap([tw(C, 40000, S1, 80)], cfg)))
+    assert doc["config"]["ip_local_port_range"] == "40000 40999"
+    assert not re.search(r"\\[tnr]|\\u00", json.dumps(doc["config"]))

@@ -225,7 +225,7 @@ def test_prometheus_loaded_the_alert_rules(stack: tuple[str, Prometheus, Exporte
     doc = http_json(f"{prom.base}/api/v1/rules")
     names = {r["name"] for g in doc["data"]["groups"] for r in g["rules"]}
     assert "TimewaitDestinationPortsExhausted" in names and "TimewaitBindPoolExhausted" in names
-    assert len(names) == 7
+    assert len(names) == 9
     # the 91 % destination is already pending or firing (for: 1m)
     result = prom.query_until('ALERTS{alertname="TimewaitDestinationPortsExhausted"}')
     assert result[0]["metric"]["destination"] == f"127.0.0.1 -> {HOT[0]}:{HOT[1]}"

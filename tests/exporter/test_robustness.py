@@ -2,8 +2,8 @@
 TIME_WAIT sockets (timewait.lab.population.mass_time_wait, all on its loopback):
 
 - 50 concurrent scrapes all succeed with the full numbers;
-- memory stays bounded: the exporter's peak RSS stays under a fixed bound, and a second and a
-  third round of 50 scrapes (fresh collections) do not grow it;
+- memory stays bounded: the exporter's peak RSS stays under a fixed bound, and a third and a
+  fourth round of 50 scrapes (fresh collections) do not grow it past the second's;
 - a namespace deleted under the running exporter shows up as timewait_collection_error = 1 and
   one log line, the scrape still answers (quickly), the other namespace is still exported, and
   the process stops cleanly afterwards.
@@ -32,7 +32,11 @@ N_SCRAPES = 50
 # over ten rounds of 50 scrapes, 47 MB between scrapes. The bound leaves room for other
 # machines without letting a leak (a table kept per scrape: ~10 MB each) through.
 RSS_BOUND_MB = 150
-RSS_GROWTH_MB = 8  # peak growth from the first to the third round of fresh collections
+# Peak growth from the second to the fourth round of fresh collections. Not from the first:
+# from the second round on, a new collection is built while the previous one is still cached,
+# so the peak is one table higher once, and that is not a leak (the first-to-third comparison
+# failed now and then on a loaded machine for that reason alone).
+RSS_GROWTH_MB = 8
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +64,7 @@ def test_50_concurrent_scrapes_succeed_with_bounded_memory(
 ) -> None:
     busy, _, exp = stack
     peaks = []
-    for _round in range(3):
+    for _round in range(4):
         time.sleep(1.05)  # past the 1 s cache: each round makes a fresh collection
         bodies, took = scrape_all(exp.url, N_SCRAPES)
         assert len(bodies) == N_SCRAPES
@@ -74,7 +78,7 @@ def test_50_concurrent_scrapes_succeed_with_bounded_memory(
     hwm_mb = [h / 1024 for _, h in peaks]
     print(f"exporter RSS after each round: {rss_mb} MB, peak {hwm_mb[-1]:.0f} MB")
     assert hwm_mb[-1] < RSS_BOUND_MB
-    assert hwm_mb[2] - hwm_mb[0] < RSS_GROWTH_MB
+    assert hwm_mb[3] - hwm_mb[1] < RSS_GROWTH_MB
 
 
 def test_namespace_deleted_under_it_is_an_error_metric_and_a_log_line(

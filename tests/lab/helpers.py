@@ -22,6 +22,16 @@ def need_root() -> None:
     pytest.skip(reason)
 
 
+def need_bpftrace() -> None:
+    """need_root(), and bpftrace (the tracer's tests); under CI=true a skip is a failure."""
+    need_root()
+    if shutil.which("bpftrace") is None:
+        reason = "needs bpftrace (Debian package bpftrace; `make test` installs it)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason}; under CI=true this test must run")
+        pytest.skip(reason)
+
+
 SS_STATES = ("time-wait", "fin-wait-2", "close-wait", "established", "listening")
 
 

@@ -54,11 +54,11 @@ def _namespaces() -> list[str]:
     return sorted(x.name for x in p.iterdir()) if p.exists() else []
 
 
-def test_catalog_has_the_eleven_experiments() -> None:
+def test_catalog_has_the_thirteen_experiments() -> None:
     assert set(load_catalog()) == {
         "exhaustion", "tw-reuse", "reuseaddr-restart", "lost-final-ack", "fin-timeout-myth",
         "max-tw-buckets", "who-closes-first", "bind-before-connect", "http-pooling",
-        "nginx-keepalive", "pool-headroom",
+        "nginx-keepalive", "pool-headroom", "snat-exhaustion", "plan",
     }  # fmt: skip
 
 

@@ -19,7 +19,7 @@ def test_list_names_every_experiment() -> None:
     for name in ("exhaustion", "tw-reuse", "nginx-keepalive", "http-pooling"):
         assert name in res.output
     data = json.loads(CliRunner().invoke(lab_group, ["list", "--json"]).output)
-    assert len(data) == 11  # with pool-headroom
+    assert len(data) == 13  # with pool-headroom, snat-exhaustion and plan
 
 
 @pytest.mark.parametrize(

@@ -37,7 +37,10 @@ What is counted, and why (ref = ../shared/reference/linux-timewait.md):
   `interval_s` apart: per destination, the TIME_WAITs younger than the interval (age =
   60 s - timer left, read from idiag_expires) divided by the interval -- a direct count of what
   was created, no matching of rows needed; for the host, the TcpExt TW counter delta / interval
-  (which also counts FIN_WAIT2 minisockets waiting > 4 s, ref 9.2).
+  (which also counts FIN_WAIT2 minisockets waiting > 4 s, ref 9.2). A traced snapshot
+  (`doctor --trace S`, timewait.doctor.trace): the active closes counted in the kernel over
+  the trace's window, per destination exactly -- the TIME_WAITs this side made -- and for the
+  host all of them ("traced"); this replaces the one-snapshot estimates.
 - Trend (ports per second) and time to exhaustion. Two snapshots: (in_use now - in_use before) /
   interval. One snapshot: the TIME_WAIT timers give it: creations over the last 10 s are the
   TIME_WAITs with > 50 s left, expiries over the next 10 s those with < 10 s left, so
@@ -56,6 +59,8 @@ from typing import Final
 import numpy as np
 
 from timewait.doctor import pools as P
+from timewait.doctor import trace as T
+from timewait.doctor.nat import NatAnalysis, analyze_nat
 from timewait.doctor.pools import TIME_WAIT_MS
 from timewait.model.states import FD_OBJECT_BYTES, FULL_SOCK_BYTES, TW_SOCK_BYTES
 from timewait.snapshot import (
@@ -202,7 +207,7 @@ class Analysis:
     memory: Memory
     timer_histogram: tuple[int, ...]  # TIME_WAIT rows by time left: [0,10) s ... [50,60] s
     churn_per_s: float  # host: TIME_WAITs created per second
-    churn_method: str  # "littles_law" or "tw_counter" or "tw_timers"
+    churn_method: str  # "littles_law", "tw_counter", "tw_timers" or "traced"
     interval_s: float | None
     rate_window_s: float | None  # the live capture's counter window (churn_method tw_counter)
     counters_delta: Mapping[str, int]  # counter increase since the previous snapshot
@@ -219,8 +224,9 @@ class Analysis:
     dest_bind_like: np.ndarray  # bool
     dest_churn: np.ndarray  # float64, TIME_WAITs created per second
     dest_trend: np.ndarray  # float64 ports per second; nan = unknown
-    trend_method: str  # "interval", "tw_counter" (rate window) or "tw_timers"
+    trend_method: str  # "interval", "tw_counter" (rate window), "tw_timers" or "traced"
     bind_pools: tuple[P.Pool, ...] = ()
+    nat: NatAnalysis | None = None  # conntrack and the NAT pools (doctor/nat.py, issue 15)
 
     @property
     def n_destinations(self) -> int:
@@ -268,6 +274,8 @@ class Analysis:
         connect_like = np.flatnonzero(~self.dest_bind_like)
         out = [self.destination(int(i)).pool() for i in connect_like[:top]]
         out += [self.new_destination, *self.bind_pools]
+        if self.nat is not None:
+            out += [n.pool() for n in self.nat.pools[:top]]
         return sorted(out, key=lambda p: -p.usage)
 
     def destination(self, i: int) -> Destination:
@@ -559,6 +567,18 @@ def analyze(snapshot: Snapshot, previous: Snapshot | None = None) -> Analysis:
         host_churn = totals.time_wait / (TIME_WAIT_MS / 1000)
         churn_method = "littles_law"
 
+    # A trace (doctor --trace S, issue 13) counted the active closes themselves: the churn is
+    # measured, per destination too, and the trend is that churn minus the TIME_WAITs
+    # expiring in the next 10 s (what the rate window does with the counter's share).
+    measured = T.traced(snapshot)
+    if measured is not None and measured.window_ns and previous is None:
+        host_churn, churn_method = measured.per_s(T.Kind.ACTIVE_CLOSE), "traced"
+        heads = rows[first]
+        churn = measured.churn_per_destination(heads["src"], heads["dst"], heads["dport"])
+        old = _per_group(gid, ng, (cst == TCP_TIME_WAIT) & (cur["expires_ms"] < TREND_WINDOW_MS))
+        trend = churn - old / (TREND_WINDOW_MS / 1000)
+        trend_method = "traced"
+
     # A destination whose sockets bound first draws on a bind() pool: no connect() trend.
     trend = np.where(bind_like, np.nan, trend)
     # Keep only destinations present now; order by usage (headroom), then TIME_WAIT, descending.
@@ -590,4 +610,5 @@ def analyze(snapshot: Snapshot, previous: Snapshot | None = None) -> Analysis:
         dest_trend=np.asarray(trend, dtype=np.float64)[order],
         trend_method=trend_method,
         bind_pools=tuple(P.bind_pools(s, budget, table_sid, budget & ~usable)),
+        nat=analyze_nat(snapshot, previous),
     )

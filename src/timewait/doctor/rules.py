@@ -15,9 +15,12 @@ pool where bind() users are at work); WARNING means a harmful setting or pressur
 alone: latent); INFO explains something that looks alarming but is not; OK says what was checked
 and found healthy. The doctor never says OK while a pool it saw is above 70 %.
 
-Rule ids: port-exhaustion, port-pressure, bind-pool-exhaustion, bind-held-ports,
+Rule ids: connect-failures, bind-failures (these two only with a trace: doctor --trace S),
+port-exhaustion, port-pressure, bind-pool-exhaustion, bind-held-ports,
 tw-reuse-without-timestamps, range-swallows-listeners, tw-overflow, tw-buckets-below-count,
-fin-wait2-orphans, server-side-time-wait, port-range-parity, collector-notes, ports-healthy.
+fin-wait2-orphans, server-side-time-wait, port-range-parity, collector-notes, ports-healthy;
+and the NAT rules of doctor/nat_rules.py (issue 15): nat-port-exhaustion, nat-port-pressure,
+conntrack-table-full, conntrack-drops, nat-healthy.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from typing import Any, Final
 import numpy as np
 
 from timewait.doctor import remedies as R
+from timewait.doctor import trace as T
 from timewait.doctor.analysis import Analysis, Destination
 from timewait.doctor.kernels import kernel_of
 from timewait.snapshot import Snapshot
@@ -430,6 +434,104 @@ def port_range_parity(snap: Snapshot, a: Analysis) -> Iterator[Finding]:
     )
 
 
+# -- traced failures (doctor --trace S, issue 13) ---------------------------------------------
+
+PORT_ERRNOS: Final = ("EADDRNOTAVAIL", "EADDRINUSE")  # connect() out of ports / four-tuples
+
+
+def _traced(snap: Snapshot) -> T.Traced | None:
+    tr = T.traced(snap)
+    return tr if tr is not None and tr.window_ns else None
+
+
+def connect_failures(snap: Snapshot, a: Analysis) -> Iterator[Finding]:
+    """connect() failed during the trace (timewait.doctor.trace). Critical for EADDRNOTAVAIL
+    (a destination's ports are gone, ref 7.3), warning for EADDRINUSE (a four-tuple a
+    bind()-first socket holds, ref 7.4), info for the rest (the peer or the path)."""
+    tr = _traced(snap)
+    if tr is None:
+        return
+    total = tr.total(*T.CONNECT_KINDS)
+    if not total:
+        return
+    by = tr.by_errno(*T.CONNECT_KINDS)
+    if by.get("EADDRNOTAVAIL"):
+        sev = Severity.CRITICAL
+    elif by.get("EADDRINUSE"):
+        sev = Severity.WARNING
+    else:
+        sev = Severity.INFO
+    top = tr.groups(*T.CONNECT_KINDS, keys=T.FAILURE_KEYS, top=MAX_LISTED)
+    worst = top[0]
+    errnos = ", ".join(f"{name} {n:,}" for name, n in by.items())
+    remedies = _port_remedies(a, context(snap)) if sev > Severity.INFO else ()
+    yield Finding(
+        id="connect-failures",
+        severity=sev,
+        title=f"{total:,} connect() failure(s) in the last {tr.window_s:.0f} s ({errnos}); "
+        f"most: {worst.process} -> {worst.destination} {worst.errno_name} x{worst.count:,}",
+        detail="Counted in the kernel on the connect() tracepoints: every call that failed, by "
+        "errno, process and destination. EADDRNOTAVAIL ('Cannot assign requested address') "
+        "means no local port gives a unique four-tuple toward the destination: its ports are "
+        "held, TIME_WAIT included (ref 7.3); the kernel has no counter for it. EADDRINUSE "
+        "from connect() is a four-tuple taken by a socket that bound first; ECONNREFUSED and "
+        "ETIMEDOUT come from the peer or the path, not from the ports.",
+        evidence={
+            "window_s": round(tr.window_s, 3),
+            "total": total,
+            "by_errno": by,
+            "top": [g.as_dict() for g in top],
+        },
+        remedies=remedies,
+    )
+
+
+def bind_failures(snap: Snapshot, a: Analysis) -> Iterator[Finding]:
+    """bind() failed during the trace. Critical for EADDRINUSE on bind(addr, 0) (the bind pool
+    of that address is used up, ref 7.4), warning for EADDRINUSE on a fixed port (a restart
+    colliding with TIME_WAIT or another owner), info for the rest."""
+    tr = _traced(snap)
+    if tr is None:
+        return
+    rows = tr.of((T.Kind.BIND_ERROR,))
+    total = int(rows["count"].sum())
+    if not total:
+        return
+    in_use = rows[rows["errno"] == T.EADDRINUSE]
+    ephemeral = int(in_use["count"][in_use["lport"] == 0].sum())
+    fixed = int(in_use["count"][in_use["lport"] != 0].sum())
+    ctx = context(snap)
+    if ephemeral:
+        sev, remedies = Severity.CRITICAL, _bind_remedies(ctx)
+    elif fixed:
+        sev, remedies = Severity.WARNING, (R.so_reuseaddr(),)
+    else:
+        sev, remedies = Severity.INFO, ()
+    top = tr.groups(T.Kind.BIND_ERROR, keys=T.BIND_KEYS, top=MAX_LISTED)
+    worst = top[0]
+    yield Finding(
+        id="bind-failures",
+        severity=sev,
+        title=f"{total:,} bind() failure(s) in the last {tr.window_s:.0f} s "
+        f"({ephemeral:,} EADDRINUSE for port 0, {fixed:,} for a fixed port); most: "
+        f"{worst.process} {worst.destination} {worst.errno_name} x{worst.count:,}",
+        detail="Counted in the kernel on the bind() tracepoints. EADDRINUSE for port 0 means "
+        "bind(addr, 0) found no port free at that address in any state, TIME_WAIT included "
+        "(inet_csk_find_open_port(), ref 7.4): bind-before-connect clients stop there. For a "
+        "fixed port it is another owner, often a TIME_WAIT of the previous run of a server "
+        "that does not set SO_REUSEADDR.",
+        evidence={
+            "window_s": round(tr.window_s, 3),
+            "total": total,
+            "eaddrinuse_port0": ephemeral,
+            "eaddrinuse_fixed": fixed,
+            "by_errno": tr.by_errno(T.Kind.BIND_ERROR),
+            "top": [g.as_dict() for g in top],
+        },
+        remedies=remedies,
+    )
+
+
 def collector_notes(snap: Snapshot, a: Analysis) -> Iterator[Finding]:
     """What the collector could not see (e.g. no root): shown so counts are read right."""
     if not snap.notes:
@@ -445,7 +547,7 @@ def collector_notes(snap: Snapshot, a: Analysis) -> Iterator[Finding]:
 
 def ports_healthy(snap: Snapshot, a: Analysis) -> Iterator[Finding]:
     """OK: every pool has headroom (says what was checked)."""
-    pools = a.pools(top=1)
+    pools = [p for p in a.pools(top=1) if p.kind != "nat"]  # NAT pools: nat_rules.py
     if any(p.usage >= WARNING_USAGE for p in pools) or _soon(a):
         return  # never OK beside a warning about the same ports
     busiest_bind = a.bind_pools[0] if a.bind_pools else None
@@ -470,6 +572,8 @@ def ports_healthy(snap: Snapshot, a: Analysis) -> Iterator[Finding]:
 
 
 RULES: Final[tuple[Rule, ...]] = (
+    connect_failures,
+    bind_failures,
     port_exhaustion,
     port_pressure,
     bind_pool_exhaustion,
@@ -486,6 +590,8 @@ RULES: Final[tuple[Rule, ...]] = (
 )
 
 RULE_IDS: Final = (
+    "connect-failures",
+    "bind-failures",
     "port-exhaustion",
     "port-pressure",
     "bind-pool-exhaustion",
@@ -499,10 +605,17 @@ RULE_IDS: Final = (
     "port-range-parity",
     "collector-notes",
     "ports-healthy",
-)
+)  # the NAT rules' ids: nat_rules.NAT_RULE_IDS
+
+
+def _nat_rules() -> tuple[Rule, ...]:
+    """The NAT rules (doctor/nat_rules.py imports this module, so they are looked up late)."""
+    from timewait.doctor.nat_rules import NAT_RULES
+
+    return NAT_RULES
 
 
 def run_rules(snap: Snapshot, a: Analysis) -> list[Finding]:
     """Every rule's findings, most severe first (stable within a severity: RULES order)."""
-    found = [f for rule in RULES for f in rule(snap, a)]
+    found = [f for rule in (*RULES, *_nat_rules()) for f in rule(snap, a)]
     return sorted(found, key=lambda f: -f.severity)

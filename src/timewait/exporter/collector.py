@@ -34,6 +34,10 @@ goes to the "timewait.exporter" logger. The scrape itself always succeeds.
 Every series carries a `netns` label: the name given with --netns; for the exporter's own
 namespace its name when it has one (`ip netns exec web timewait exporter` labels netns="web",
 as `--netns web` from outside does), "host" for the machine's own, "[INODE]" for an unnamed one.
+
+With `all_netns` (exporter --all-netns, issue 14) the collector exports every namespace of the
+node instead, with the Kubernetes labels namespace, pod and container after netns, and a bound
+on the namespaces exported one by one: exporter/fleet.py.
 """
 
 from __future__ import annotations
@@ -43,11 +47,11 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import numpy as np
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -57,6 +61,9 @@ from timewait.doctor.rules import Finding, run_rules
 from timewait.errors import TimewaitError
 from timewait.exporter import DEFAULT_TOP_K, MAX_TOP_K
 from timewait.snapshot import Snapshot
+
+if TYPE_CHECKING:
+    from timewait.exporter.trace import TraceFeed
 
 LOG: Final = logging.getLogger("timewait.exporter")
 
@@ -68,6 +75,8 @@ DEFAULT_TTL_S: Final = 1.0
 DEFAULT_LOCK_TIMEOUT_S: Final = 10.0
 
 Source = Callable[[str | None], Snapshot]
+# all_netns: () -> (snapshots with their discovery labels, [(labels, why skipped)])
+FleetSource = Callable[[], tuple[list[Snapshot], list[tuple[Mapping[str, str], str]]]]
 T = TypeVar("T")
 Family = GaugeMetricFamily | CounterMetricFamily
 
@@ -191,6 +200,50 @@ GAUGES: Final[dict[str, tuple[str, tuple[str, ...], str]]] = {
         ("netns", "rule", "severity"),
         "",
     ),
+    # NAT (issue 15): the translated-port pools of a masquerading namespace, top K + "other".
+    "timewait_nat_pool_ports_held": (
+        "Translated ports held toward a destination, per pool (translated address -> "
+        'destination:port/proto): conntrack entries in any state. pool="other": the sum over '
+        "the pools past the top K.",
+        ("netns", "pool"),
+        "",
+    ),
+    "timewait_nat_pool_ports": (
+        "Ports of the NAT rule's range (masquerade to :lo-hi; 64512 without one), per pool. "
+        'pool="other": the sum over the rest.',
+        ("netns", "pool"),
+        "",
+    ),
+    "timewait_nat_pool_usage_ratio": (
+        "held / ports of a NAT pool; at 1 a new connection needs an eviction (Linux >= 6.5, "
+        'closing entries only) or its SYN is dropped. pool="other": sum / sum over the rest.',
+        ("netns", "pool"),
+        "ratio",
+    ),
+    "timewait_nat_pool_hard_usage_ratio": (
+        "(held - evictable) / ports: the part no SYN can reclaim (entries not in TIME_WAIT/CLOSE,"
+        ' or every entry before Linux 6.5). pool="other": the largest of the rest.',
+        ("netns", "pool"),
+        "ratio",
+    ),
+    "timewait_nat_pool_time_wait_entries": (
+        "Conntrack entries in TIME_WAIT holding a port of the pool "
+        "(nf_conntrack_tcp_timeout_time_wait, 120 s by default).",
+        ("netns", "pool"),
+        "",
+    ),
+    "timewait_nat_pools": (
+        "NAT pools (translated address, destination, port, protocol) with entries.",
+        NS,
+        "",
+    ),
+    "timewait_conntrack_entries": ("nf_conntrack_count: entries of the namespace.", NS, ""),
+    "timewait_conntrack_max": ("nf_conntrack_max (host-wide).", NS, ""),
+    "timewait_conntrack_fill_ratio": (
+        "nf_conntrack_count / nf_conntrack_max; at 1 new connections are dropped ('table full').",
+        NS,
+        "ratio",
+    ),
     "timewait_collection_duration_seconds": (
         "Seconds the last collection of the namespace took (capture + analysis).",
         NS,
@@ -288,9 +341,30 @@ COUNTERS: Final[dict[str, tuple[str, str]]] = {
         "timewait_tcp_passive_opens",
         "Tcp PassiveOpens: connections accepted from SYN_RECV.",
     ),
+    # /proc/net/stat/nf_conntrack, summed over CPUs (issue 15)
+    "conntrack.insert_failed": (
+        "timewait_conntrack_insert_failed",
+        "conntrack insert_failed: new entries refused at confirmation (a NAT reply tuple that "
+        "clashed: no free translated port, or a race), their packets dropped.",
+    ),
+    "conntrack.drop": (
+        "timewait_conntrack_drop",
+        "conntrack drop: packets dropped by conntrack (clash, table full, ...).",
+    ),
+    "conntrack.early_drop": (
+        "timewait_conntrack_early_drop",
+        "conntrack early_drop: entries evicted to make room in a full table.",
+    ),
 }
 ERRORS_TOTAL: Final = "timewait_collection_errors"  # exposed as timewait_collection_errors_total
 ERRORS_HELP: Final = "Collections of the namespace that failed since the exporter started."
+# --all-netns only (exporter/fleet.py, which holds its help text)
+NAMESPACES: Final = "timewait_namespaces"
+NAMESPACES_HELP: Final = (
+    "Network namespaces of the node in the last collection (--all-netns), by set: exported "
+    '(one by one), aggregated (summed into netns="other"), vanished (gone during the scan), '
+    "failed."
+)
 
 
 def family_names() -> list[str]:
@@ -301,6 +375,7 @@ def family_names() -> list[str]:
         *RANGE_GAUGES,
         *(name for name, _ in COUNTERS.values()),
         ERRORS_TOTAL,
+        NAMESPACES,
     ]
 
 
@@ -390,6 +465,8 @@ def namespace_samples(
     if n and not np.all(np.isnan(eta)):
         yield Sample("timewait_exhaustion_eta_seconds", (), float(np.nanmin(eta)))
 
+    yield from _nat_samples(a, top_k)
+
     for f in findings:
         yield Sample("timewait_doctor_finding", (f.id, f.severity.label), 1)
 
@@ -409,21 +486,57 @@ def namespace_samples(
             yield Sample(name, (), snap.counters[key])
 
 
-def _new_family(name: str) -> Family:
+def _nat_samples(a: Analysis, top_k: int) -> Iterator[Sample]:
+    """NAT pools (top K by usage + one "other") and the conntrack table's fill (issue 15)."""
+    nat = a.nat
+    if nat is None or not nat.present:
+        return
+    if nat.count is not None:
+        yield Sample("timewait_conntrack_entries", (), nat.count)
+    if nat.max:
+        yield Sample("timewait_conntrack_max", (), nat.max)
+    if nat.fill is not None:
+        yield Sample("timewait_conntrack_fill_ratio", (), nat.fill)
+    yield Sample("timewait_nat_pools", (), len(nat.pools))
+    for p in nat.pools[:top_k]:
+        label = p.label.removeprefix("NAT ")
+        yield Sample("timewait_nat_pool_ports_held", (label,), p.held)
+        yield Sample("timewait_nat_pool_ports", (label,), p.size)
+        yield Sample("timewait_nat_pool_usage_ratio", (label,), p.usage)
+        yield Sample("timewait_nat_pool_hard_usage_ratio", (label,), p.hard_usage)
+        yield Sample("timewait_nat_pool_time_wait_entries", (label,), p.by_state["time_wait"])
+    rest = nat.pools[top_k:]
+    if rest:
+        held, size = sum(p.held for p in rest), sum(p.size for p in rest)
+        yield Sample("timewait_nat_pool_ports_held", (OTHER,), held)
+        yield Sample("timewait_nat_pool_ports", (OTHER,), size)
+        yield Sample("timewait_nat_pool_usage_ratio", (OTHER,), held / size if size else 0.0)
+        yield Sample("timewait_nat_pool_hard_usage_ratio", (OTHER,),
+                     max(p.hard_usage for p in rest))  # fmt: skip
+        yield Sample("timewait_nat_pool_time_wait_entries", (OTHER,),
+                     sum(p.by_state["time_wait"] for p in rest))  # fmt: skip
+
+
+def _new_family(name: str, extra: tuple[str, ...] = ()) -> Family:
+    """The family `name`, with the labels `extra` after `netns` (all_netns: namespace, pod,
+    container)."""
+    ns = (*NS, *extra)
     if name in GAUGES:
         doc, labels, unit = GAUGES[name]
-        return GaugeMetricFamily(name, doc, labels=labels, unit=unit)
+        return GaugeMetricFamily(name, doc, labels=(*ns, *labels[1:]), unit=unit)
     for _, (sname, doc, _) in SYSCTLS.items():
         if sname == name:
             unit = "seconds" if name.endswith("_seconds") else ""
-            return GaugeMetricFamily(name, doc, labels=NS, unit=unit)
+            return GaugeMetricFamily(name, doc, labels=ns, unit=unit)
     if name in RANGE_GAUGES:
-        return GaugeMetricFamily(name, RANGE_GAUGES[name], labels=NS)
+        return GaugeMetricFamily(name, RANGE_GAUGES[name], labels=ns)
     for cname, doc in COUNTERS.values():
         if cname == name:
-            return CounterMetricFamily(name, doc, labels=NS)
+            return CounterMetricFamily(name, doc, labels=ns)
     if name == ERRORS_TOTAL:
-        return CounterMetricFamily(name, ERRORS_HELP, labels=NS)
+        return CounterMetricFamily(name, ERRORS_HELP, labels=ns)
+    if name == NAMESPACES:
+        return GaugeMetricFamily(name, NAMESPACES_HELP, labels=("set",))
     raise KeyError(name)  # pragma: no cover - a name missing from the tables above
 
 
@@ -503,10 +616,14 @@ class TimewaitCollector:
         top_k: destinations exported one by one per namespace (0..MAX_TOP_K); the rest are
             aggregated into destination="other".
         ttl_s: how long one collection answers later scrapes (0 = collect on every scrape).
+        all_netns: export every network namespace of the node instead (exporter/fleet.py),
+            at most `max_netns` of them one by one besides the node's own; `fleet` replaces
+            discovery + capture in tests; `pods_dir` is the kubelet's pod log directory.
         source: `source(netns) -> Snapshot`; the live capture by default. Tests inject
             synthetic snapshots or failures here (client_python's ProcessCollector takes
             `proc=` for the same reason).
         clock: monotonic seconds, for the cache.
+        trace: the eBPF counters of `exporter --trace` (exporter/trace.py), or None.
         lock_timeout_s: a scrape waits this long for the collection in progress, then
             answers with collection_error = 1 for every namespace instead of hanging.
 
@@ -523,12 +640,26 @@ class TimewaitCollector:
         clock: Callable[[], float] = time.monotonic,
         lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
         logger: logging.Logger = LOG,
+        all_netns: bool = False,
+        max_netns: int = 20,
+        fleet: FleetSource | None = None,
+        pods_dir: str | None = None,
+        trace: TraceFeed | None = None,
     ) -> None:
         if not 0 <= top_k <= MAX_TOP_K:
             raise ValueError(f"top_k must be 0..{MAX_TOP_K}, got {top_k}")
         if ttl_s < 0:
             raise ValueError(f"ttl_s must be >= 0, got {ttl_s}")
-        self.targets = targets_of(netns)
+        if all_netns and netns:
+            raise ValueError("all_netns exports every namespace: give no netns with it")
+        if not 0 <= max_netns <= 10_000:
+            raise ValueError(f"max_netns must be 0..10000, got {max_netns}")
+        self.all_netns = all_netns or fleet is not None
+        self.max_netns = max_netns
+        self.pods_dir = pods_dir
+        self.fleet: FleetSource = fleet or self._live_fleet
+        self._failing: set[str] = set()  # all_netns: inodes whose last collection failed
+        self.targets = targets_of(netns) if not self.all_netns else (Target(None, "all"),)
         self.top_k = top_k
         self.ttl_s = ttl_s
         self.source: Source = source or live_source
@@ -542,13 +673,30 @@ class TimewaitCollector:
         self._worker = _Worker()
         self._errors = {t.label: 0 for t in self.targets}
         self._last_error: dict[str, str | None] = {t.label: None for t in self.targets}
+        self.trace = trace
 
     # -- the Collector protocol ----------------------------------------------------------
 
     def describe(self) -> list[Metric]:
         """Every family name, without samples: registration checks duplicates with these and
         never runs a collection (client_python registry.py `_get_names`)."""
-        return [_new_family(name) for name in family_names()]
+        out: list[Metric] = [_new_family(name, self._extra) for name in family_names()]
+        out.extend(self._trace_families())
+        return out
+
+    @property
+    def _extra(self) -> tuple[str, ...]:
+        from timewait.exporter.fleet import EXTRA
+
+        return EXTRA if self.all_netns else ()
+
+    def _trace_families(self) -> list[Family]:
+        """The families of `exporter --trace` (none without it)."""
+        if self.trace is None:
+            return []
+        from timewait.exporter import trace as X
+
+        return [X.new_family(name) for name in X.family_names()]
 
     def collect(self) -> Iterator[Metric]:
         """The families of the last collection if younger than ttl_s, else of a new one."""
@@ -585,7 +733,10 @@ class TimewaitCollector:
         """One collection of every target, bypassing the cache (from one thread at a time:
         scrapes run it on the collector's worker thread). A failing target drops its
         families and is reported."""
+        if self.all_netns:
+            return self._collect_fleet()
         families = {name: _new_family(name) for name in family_names()}
+        families.update({f.name: f for f in self._trace_families()})
         for target in self.targets:
             t0 = time.perf_counter()
             samples, error = self._collect_target(target)
@@ -596,6 +747,9 @@ class TimewaitCollector:
             families["timewait_collection_duration_seconds"].add_metric((ns,), duration)
             families["timewait_collection_error"].add_metric((ns,), 1 if error else 0)
             families[ERRORS_TOTAL].add_metric((ns,), self._errors[ns])
+            if self.trace is not None:
+                for s in self.trace.samples(ns):
+                    families[s.family].add_metric((ns, *s.labels), s.value)
         return [f for f in families.values() if f.samples]
 
     def _collect_target(self, target: Target) -> tuple[list[Sample], str | None]:
@@ -625,7 +779,84 @@ class TimewaitCollector:
         return samples, None
 
     def _busy(self) -> list[Metric]:
-        err = _new_family("timewait_collection_error")
+        err = _new_family("timewait_collection_error", self._extra)
         for t in self.targets:
-            err.add_metric((t.label,), 1)
+            err.add_metric((t.label, *("" for _ in self._extra)), 1)
         return [err]
+
+    # -- all_netns (exporter/fleet.py) -----------------------------------------------------
+
+    def _live_fleet(self) -> tuple[list[Snapshot], list[tuple[Mapping[str, str], str]]]:
+        """Discover and capture every namespace (one dump walk each, no rate window: the
+        counters are exported and Prometheus rates them)."""
+        from timewait.live.discover import Roots, discover
+        from timewait.live.scan import Captured, capture_all
+
+        snaps: list[Snapshot] = []
+        skipped: list[tuple[Mapping[str, str], str]] = []
+        for item in capture_all(
+            discover(Roots.from_env(self.pods_dir)).namespaces, rate_window=False
+        ):
+            if isinstance(item, Captured):
+                snaps.append(item.snapshot)
+            else:
+                skipped.append((item.found.labels, item.reason))
+        return snaps, skipped
+
+    def _collect_fleet(self) -> list[Metric]:
+        from timewait.doctor import Diagnosis
+        from timewait.doctor.fleet import member_of
+        from timewait.exporter import fleet as F
+
+        families = {name: _new_family(name, F.EXTRA) for name in family_names()}
+        t0 = time.perf_counter()
+        scan_error: str | None = None
+        try:
+            snaps, skipped = self.fleet()
+        except Exception as e:  # no CAP_SYS_ADMIN, a bug: the scrape still answers
+            snaps, skipped = [], []
+            scan_error = str(e) if isinstance(e, TimewaitError) else f"{type(e).__name__}: {e}"
+            self._errors["all"] += 1
+            if self._last_error["all"] != scan_error:
+                self.log.warning("collection of the node's namespaces failed: %s", scan_error,
+                                 exc_info=not isinstance(e, TimewaitError))  # fmt: skip
+        else:
+            if self._last_error["all"] is not None:
+                self.log.warning("collection of the node's namespaces works again")
+        self._last_error["all"] = scan_error
+        results: list[F.Result] = []
+        failing: set[str] = set()
+        for snap in snaps:
+            inode = snap.labels.get("inode", "?")
+            try:
+                a = analyze(snap)
+                findings = tuple(run_rules(snap, a))
+                samples = list(namespace_samples(snap, a, findings, self.top_k))
+                key = member_of(Diagnosis(snapshot=snap, analysis=a, findings=findings)).key
+            except Exception as e:  # one namespace's failure is not the node's
+                failing.add(inode)
+                self._errors["all"] += 1
+                if inode not in self._failing:
+                    self.log.warning("collection of netns %s (%s) failed: %s",
+                                     snap.labels.get("netns", inode), inode,
+                                     f"{type(e).__name__}: {e}",
+                                     exc_info=not isinstance(e, TimewaitError))  # fmt: skip
+                continue
+            results.append(F.Result(snap.labels, samples, key, snap.labels.get("kind") == "host"))
+        self._failing = failing
+        exported, rest = F.bound(results, self.max_netns)
+        for r in exported:
+            labels = F.node_labels(r.labels)
+            for s in r.samples:
+                families[s.family].add_metric((*labels, *s.labels), s.value)
+        for s in F.aggregate(rest):
+            families[s.family].add_metric((*F.OTHER_LABELS, *s.labels), s.value)
+        counts = (len(exported), len(rest), len(skipped), len(failing))
+        for name, n in zip(F.SETS, counts, strict=True):
+            families[NAMESPACES].add_metric((name,), n)
+        families["timewait_collection_duration_seconds"].add_metric(
+            F.ALL_LABELS, time.perf_counter() - t0
+        )
+        families["timewait_collection_error"].add_metric(F.ALL_LABELS, 1 if scan_error else 0)
+        families[ERRORS_TOTAL].add_metric(F.ALL_LABELS, self._errors["all"])
+        return [f for f in families.values() if f.samples]

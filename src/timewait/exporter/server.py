@@ -271,6 +271,32 @@ def check_targets(netns: tuple[str, ...]) -> None:
             pass
 
 
+def check_all_netns() -> None:
+    """--all-netns: fail fast when we cannot enter the node's other namespaces.
+
+    Tries the first namespace that is not ours; raises NeedRoot (one line) if setns() is
+    refused. A machine with no other namespace yet passes: pods may come later.
+    """
+    import os
+
+    from timewait.live import netns as _netns
+    from timewait.live.discover import discover
+    from timewait.live.scan import open_verified, target_of
+
+    for found in discover().namespaces:
+        fd = open_verified(found)
+        if fd is None:
+            continue
+        try:
+            with _netns.entered(target_of(found, fd)) as switched:
+                if switched:
+                    return
+        except _netns.NamespaceNotFound:
+            continue
+        finally:
+            os.close(fd)
+
+
 def serve(
     *,
     listen: str,
@@ -279,26 +305,45 @@ def serve(
     log_stream: TextIO,
     stop: threading.Event | None = None,
     ttl_s: float = DEFAULT_TTL_S,
+    all_netns: bool = False,
+    max_netns: int = 20,
+    pods_dir: str | None = None,
+    trace: bool = False,
 ) -> None:
     """`timewait exporter`: check the targets, bind, log the URL, serve until stopped.
 
     Raises ValueError for a bad `listen`, ListenError when it cannot be bound,
-    NamespaceNotFound / NeedRoot for a bad --netns.
+    NamespaceNotFound / NeedRoot for a bad --netns (or, with all_netns, no privilege).
     """
     host, port = parse_listen(listen)
-    check_targets(netns)
+    if all_netns:
+        check_all_netns()
+    else:
+        check_targets(netns)
     handler = logging.StreamHandler(log_stream)
     handler.setFormatter(logging.Formatter("timewait exporter: %(levelname)s: %(message)s"))
     LOG.addHandler(handler)
     old_level, old_propagate = LOG.level, LOG.propagate
     LOG.setLevel(logging.INFO)
     LOG.propagate = False
+    feed = None
     try:
-        collector = TimewaitCollector(netns, top_k=top_k, ttl_s=ttl_s)
+        if trace:  # --trace (issue 13): started here, on the main thread (PR_SET_PDEATHSIG)
+            from timewait.exporter.trace import start_feed
+
+            feed = start_feed(netns, top_k)
+        collector = TimewaitCollector(
+            netns, top_k=top_k, ttl_s=ttl_s, all_netns=all_netns, max_netns=max_netns,
+            pods_dir=pods_dir, trace=feed,
+        )  # fmt: skip
         registry = CollectorRegistry(auto_describe=True)
         registry.register(collector)
         server = MetricsServer(registry, host, port)
-        names = ", ".join(t.label for t in collector.targets)
+        names = (
+            f"every namespace of the node, the host and {max_netns} more one by one"
+            if all_netns
+            else ", ".join(t.label for t in collector.targets)
+        )
         run(
             server,
             stop=stop,
@@ -308,6 +353,8 @@ def serve(
         )
         LOG.info("stopped")
     finally:
+        if feed is not None:
+            feed.stop()
         LOG.removeHandler(handler)
         LOG.setLevel(old_level)
         LOG.propagate = old_propagate

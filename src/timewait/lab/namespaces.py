@@ -161,13 +161,8 @@ def veth_pair(ns_a: str, addr_a: str, ns_b: str, addr_b: str, plen: int = 24) ->
 
     Addresses must be in 198.18.0.0/15 or a documentation range (DESIGN.md, network rule).
     """
-    import ipaddress
-
-    allowed = [ipaddress.ip_network(n) for n in LAB_NETWORKS]
     for addr in (addr_a, addr_b):
-        ip = ipaddress.ip_address(addr)
-        if not any(ip in net for net in allowed):
-            raise LabUnavailable(f"{addr} is outside the lab's ranges ({', '.join(LAB_NETWORKS)})")
+        _check_lab_address(addr)
     tag = secrets.token_hex(3)
     a, b = f"{PREFIX}{tag}a", f"{PREFIX}{tag}b"
     res = _ip("link", "add", a, "netns", ns_a, "type", "veth", "peer", "name", b, "netns", ns_b)
@@ -182,6 +177,23 @@ def veth_pair(ns_a: str, addr_a: str, ns_b: str, addr_b: str, plen: int = 24) ->
 
 
 LAB_NETWORKS: Final = ("198.18.0.0/15", "192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")
+
+
+def _check_lab_address(addr: str) -> None:
+    import ipaddress
+
+    ip = ipaddress.ip_address(addr)
+    if not any(ip in ipaddress.ip_network(n) for n in LAB_NETWORKS):
+        raise LabUnavailable(f"{addr} is outside the lab's ranges ({', '.join(LAB_NETWORKS)})")
+
+
+def add_address(ns: str, dev: str, addr: str, plen: int = 24) -> None:
+    """One more address on an interface of a lab namespace (lab ranges only, as veth_pair)."""
+    _check_lab_address(addr)
+    res = _ip("-n", ns, "addr", "add", f"{addr}/{plen}", "dev", dev)
+    if res.returncode != 0:
+        raise LabUnavailable(f"`ip -n {ns} addr add {addr}/{plen} dev {dev}` failed: "
+                             f"{res.stderr.strip()}")  # fmt: skip
 
 
 @contextlib.contextmanager

@@ -50,8 +50,9 @@ ENV: Final = "TIMEWAIT_LAB_STATE"
 DEFAULT_STATE_DIR: Final = "/run/timewait/lab"
 TMP_PREFIX: Final = "timewait-lab-"  # temp directories: timewait-lab-<pid>-<random>
 
-# Removal order: children may hold namespaces and files open; tables live in namespaces.
-KINDS: Final = ("child", "nft", "netns", "tmpdir")
+# Removal order: children may hold namespaces and files open; tables live in namespaces;
+# cgroups (lab.cgroups, issue 14) are emptied once their children are gone.
+KINDS: Final = ("child", "cgroup", "nft", "netns", "tmpdir")
 
 
 def state_dir() -> Path:
@@ -130,6 +131,8 @@ class Record:
             return f"nftables table {self.details.get('table')} in {self.details.get('netns')}"
         if self.kind == "netns":
             return f"namespace {self.key}"
+        if self.kind == "cgroup":
+            return f"cgroup {self.key}"
         return f"directory {self.key}"
 
 
@@ -265,6 +268,15 @@ def _remove_netns(r: Record) -> bool:
     return True
 
 
+def _remove_cgroup(r: Record) -> bool:
+    from timewait.lab.cgroups import PREFIX, remove_tree
+
+    if not os.path.basename(r.key).startswith(PREFIX) or not os.path.isdir(r.key):
+        return False
+    remove_tree(r.key)
+    return True
+
+
 def _remove_tmpdir(r: Record) -> bool:
     if not os.path.basename(r.key).startswith(TMP_PREFIX) or not os.path.isdir(r.key):
         return False
@@ -274,8 +286,8 @@ def _remove_tmpdir(r: Record) -> bool:
     return True
 
 
-_REMOVE = {"child": _remove_child, "nft": _remove_nft, "netns": _remove_netns,
-           "tmpdir": _remove_tmpdir}  # fmt: skip
+_REMOVE = {"child": _remove_child, "cgroup": _remove_cgroup, "nft": _remove_nft,
+           "netns": _remove_netns, "tmpdir": _remove_tmpdir}  # fmt: skip
 
 
 @contextlib.contextmanager

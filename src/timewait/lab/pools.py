@@ -136,6 +136,27 @@ def _add_addresses(addrs: Sequence[str]) -> None:
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0 and "exists" not in res.stderr:
             raise LabUnavailable(f"`{' '.join(cmd)}` failed: {res.stderr.strip()}")
+    for a in addrs:
+        if ":" in a and a not in ("::", "::1"):
+            _wait_routable(a)
+
+
+def _wait_routable(addr: str, timeout: float = 10.0) -> None:
+    """Wait until the kernel routes to an IPv6 address just added. Even with nodad its local
+    route goes in from the addrconf work queue (addrconf_dad_completed() -> ipv6_ifa_notify()),
+    not from the `ip addr add` call: on a loaded machine a connect() right after failed with
+    ENETUNREACH (seen in a full test run beside other loads). A UDP connect() only looks the
+    route up."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as u:
+            try:
+                u.connect((addr, 9))
+                return
+            except OSError as e:
+                if e.errno != _errno.ENETUNREACH or time.monotonic() > deadline:
+                    raise
+        time.sleep(0.001)  # polling the condition, not a guess at its time
 
 
 def _listen(addr: str, port: int) -> socket.socket:

@@ -44,12 +44,13 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from timewait.config import KernelConfig
 from timewait.errors import TimewaitError
-from timewait.live import netlink, procnet, sysctl
+from timewait.live import ctnetlink, kconfig, netlink, procnet, sysctl
 from timewait.live import netns as _netns
 from timewait.model.states import TCP_TIMEWAIT_LEN, LinuxState
 from timewait.units import MS
@@ -94,6 +95,14 @@ class Sources:
     dump: bytes | None = None
     proc_net: str = procnet.PROC_NET
     sysctl_dir: str = sysctl.SYSCTL_DIR
+    config_gz: str = kconfig.CONFIG_GZ
+    # conntrack (issue 15): a recorded ctnetlink dump, the `nft -j list ruleset` text, and a
+    # directory laid out like /proc/sys/net/netfilter. With `dump` or `conntrack_dump` set,
+    # nothing about conntrack is asked of the kernel (a fixture without netfilter_dir files
+    # is a namespace without conntrack).
+    conntrack_dump: bytes | None = None
+    nft_ruleset: str | None = None
+    netfilter_dir: str | None = None  # None: /proc/sys/net/netfilter when live
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -113,7 +122,10 @@ class Raw:
     monotonic_ns: int
     rate_window: bool
     proc_net: str
+    kernel_hz: int = 0
     notes: tuple[str, ...] = field(default=())
+    conntrack: ctnetlink.State | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)  # Snapshot.labels (issue 14)
 
 
 def read(
@@ -123,8 +135,18 @@ def read(
     source: str = "auto",
     rate_window: bool = False,
     sources: Sources | None = None,
+    target: _netns.Target | None = None,
+    labels: Mapping[str, str] | None = None,
+    before: tuple[dict[str, int], int] | None = None,
+    one_walk: bool = False,
 ) -> Raw:
     """Everything a Snapshot needs, read inside the target namespace (standard library only).
+
+    For --all-netns (live.scan) a few more knobs: `target` is an already resolved namespace
+    (netns and pid are then ignored), `labels` name it in the Snapshot, `before` is
+    (counters, monotonic ns) read in it earlier -- the rate window then runs from that read
+    (rate_window is implied) -- and `one_walk` dumps both families in one walk of the
+    kernel's tables (netlink.dump_one_walk).
 
     Errors: NamespaceNotFound, NeedRoot, SockDiagUnavailable (source "sock_diag" when the
     kernel refuses), CaptureError for an unknown source.
@@ -132,13 +154,19 @@ def read(
     if source not in SOURCES:
         raise CaptureError(f"unknown source {source!r}: choose one of {', '.join(SOURCES)}")
     src = sources or Sources()
-    target = _netns.resolve(netns=netns, pid=pid)
+    if target is None:
+        target = _netns.resolve(netns=netns, pid=pid)
+    if before is not None:
+        rate_window = True
     notes: list[str] = []
     dump: bytes | None = None
     tcp_text: tuple[str, str | None] | None = None
     with _netns.entered(target):
-        before = procnet.read_counters(src.proc_net) if rate_window else {}
-        t_before = time.monotonic_ns()
+        if before is not None:
+            counters_before, t_before = before
+        else:
+            counters_before = procnet.read_counters(src.proc_net) if rate_window else {}
+            t_before = time.monotonic_ns()
         time_ns = time.time_ns()
         mono_ns = time.monotonic_ns()
         used = source
@@ -146,7 +174,7 @@ def read(
             dump, used = src.dump, "sock_diag"
         elif source in ("auto", "sock_diag"):
             try:
-                dump = _dump_both_families()
+                dump = _dump_one_walk() if one_walk else _dump_both_families()
                 used = "sock_diag"
             except netlink.SockDiagUnavailable as e:
                 if source == "sock_diag":
@@ -157,18 +185,35 @@ def read(
             tcp_text = procnet.read_tcp_text(src.proc_net)
         config, cfg_notes = sysctl.read_config(src.sysctl_dir)
         counters = procnet.read_counters(src.proc_net)
+        live = src.dump is None and src.conntrack_dump is None
+        nf_dir = src.netfilter_dir or (ctnetlink.NETFILTER_SYSCTL if live else "")
+        ct = ctnetlink.read_state(
+            src.proc_net, nf_dir, dump_bytes=src.conntrack_dump, ruleset=src.nft_ruleset,
+            live=live,
+        )  # fmt: skip
         label = target.label if target else _netns.own_label()
     if used == "proc":
         notes.append(NOTE_PROC)
     notes.extend(cfg_notes)
     if os.geteuid() != 0:
         notes.append(NOTE_UNPRIVILEGED)
+    notes.extend(ct.notes)
     return Raw(
         target=target, label=label, source=used, dump=dump, tcp_text=tcp_text, config=config,
-        counters=counters, counters_before=before, t_before_ns=t_before, time_ns=time_ns,
-        monotonic_ns=mono_ns, rate_window=rate_window, proc_net=src.proc_net,
-        notes=tuple(notes),
+        counters=counters, counters_before=counters_before, t_before_ns=t_before,
+        time_ns=time_ns, monotonic_ns=mono_ns, rate_window=rate_window, proc_net=src.proc_net,
+        kernel_hz=kconfig.read_hz(src.config_gz), notes=tuple(notes), conntrack=ct,
+        labels=dict(labels or {}),
     )  # fmt: skip
+
+
+def _dump_one_walk() -> bytes:
+    """Both families in one walk, on a socket opened here (in the target namespace)."""
+    sock = netlink.open_socket()
+    try:
+        return netlink.dump_one_walk(sock)
+    finally:
+        sock.close()
 
 
 def _dump_both_families() -> bytes:
@@ -202,10 +247,11 @@ def build(raw: Raw) -> Snapshot:
         with _netns.entered(raw.target):
             counters = _stretch_window(raw.counters_before, counters, raw.t_before_ns, raw)
     t_after = time.monotonic_ns()
+    tables, ct_counters = _conntrack_tables(raw.conntrack)
     return Snapshot(
         sockets=sockets,
         config=raw.config,
-        counters=counters,
+        counters={**counters, **ct_counters},
         time_ns=raw.time_ns,
         monotonic_ns=raw.monotonic_ns,
         kernel=os.uname().release,
@@ -215,7 +261,25 @@ def build(raw: Raw) -> Snapshot:
         notes=raw.notes,
         counters_before=raw.counters_before,
         counters_window_ns=(t_after - raw.t_before_ns) if raw.rate_window else 0,
+        kernel_hz=raw.kernel_hz,
+        tables=tables,
+        labels=raw.labels,
     )
+
+
+def _conntrack_tables(ct: ctnetlink.State | None) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """The conntrack and nat_rules tables and the conntrack.* counters of what read() saw."""
+    if ct is None:
+        return {}, {}
+    from timewait.conntrack import NAT_TABLE, TABLE
+    from timewait.live import conntrack as ctdecode
+
+    tables: dict[str, np.ndarray] = {}
+    if ct.dump is not None:
+        tables[TABLE] = ctdecode.decode(ct.dump)
+    if ct.ruleset is not None:
+        tables[NAT_TABLE] = ctdecode.nat_rules(ct.ruleset)
+    return tables, dict(ct.counters)
 
 
 def capture(

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ctypes
 import errno as _errno
+import functools
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -95,7 +96,10 @@ def resolve(netns: str | None = None, pid: int | None = None) -> Target | None:
     return Target(path=path, label=f"netns:{netns}")
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL:
+    """libc, loaded once (each CDLL() builds its function classes anew: --all-netns enters
+    hundreds of namespaces)."""
     return ctypes.CDLL(None, use_errno=True)
 
 

@@ -60,6 +60,7 @@ from timewait.live.netlink import (  # noqa: F401  (the dump API, re-exported)
     NLMSG_NOOP,
     RECORD_LEN,
     SOCK_DIAG_BY_FAMILY,
+    TCPDIAG_GETSOCK,
     SockDiagUnavailable,
     dump,
     encode_request,
@@ -187,7 +188,7 @@ def decode(data: bytes | bytearray | memoryview, *, require_done: bool = True) -
     w = offs >> 2
     lengths = words[w]
     types = words[w + 1] & 0xFFFF
-    is_sock = types == SOCK_DIAG_BY_FAMILY
+    is_sock = (types == SOCK_DIAG_BY_FAMILY) | (types == TCPDIAG_GETSOCK)  # netlink.py
     is_done = types == NLMSG_DONE
     is_err = types == NLMSG_ERROR
     known = is_sock | is_done | is_err | (types == NLMSG_NOOP)

@@ -21,7 +21,7 @@ DEFAULTS = "defaults"
 
 
 def _clean(value: str) -> str:
-    return printable(" ".join(value.split()))
+    return printable(value)
 
 
 def config_report(
@@ -41,8 +41,8 @@ def config_report(
     """
     usable = cfg.usable_ephemeral_ports
     tw_s = profile.time_wait_len // SEC
-    settings = {k: _clean(v) for k, v in cfg.to_sysctl().items()}
-    before = {k: _clean(v) for k, v in (base or cfg).to_sysctl().items()}
+    settings = {k: _clean(v) for k, v in cfg.to_text().items()}
+    before = {k: _clean(v) for k, v in (base or cfg).to_text().items()}
     return {
         "shows": shows,
         "namespace": None if namespace is None else printable(namespace),

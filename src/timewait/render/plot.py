@@ -24,6 +24,8 @@ LABELS: Final = {
     "ports_in_use": "ports in use",
     "failures_per_s": "EADDRNOTAVAIL / s",
     "server_time_wait": "server TIME_WAIT",
+    "translated_ports_held": "translated ports held",
+    "syns_dropped_per_s": "SYNs dropped / s",
 }
 
 

@@ -76,6 +76,8 @@ def header(d: Diagnosis) -> Text:
         t.append(f" · rates over {d.analysis.interval_s:.1f} s", style="dim")
     elif d.analysis.rate_window_s:
         t.append(f" · churn now: counters over {d.analysis.rate_window_s:.2f} s", style="dim")
+    elif d.analysis.churn_method == "traced":
+        t.append(" · churn traced in the kernel (--trace)", style="dim")
     return t
 
 
@@ -108,6 +110,7 @@ def totals_table(a: Analysis) -> Table:
         "littles_law": "TIME_WAIT / 60 s: the last minute's average (one snapshot)",
         "tw_counter": f"TcpExt TW counter over {window:.2f} s: the rate now",
         "tw_timers": "TIME_WAITs created during the interval",
+        "traced": "active closes counted in the kernel (doctor --trace): the rate now",
     }[a.churn_method]
     tab.add_row("churn", f"{a.churn_per_s:,.1f}/s", method)
     m = a.memory
@@ -152,17 +155,63 @@ def pools_table(a: Analysis, rows: int = 8) -> Table:
             f"{p.held:,}/{p.size:,}",
             f"{p.headroom:,}",
             Text.assemble(bar(p.usage, 10), f" {p.usage:4.0%}"),
-            _pool_note(p),
+            pool_note(p),
         )
     return tab
 
 
-def _pool_note(p: Pool) -> str:
+def pool_note(p: Pool) -> str:
     if p.kind == KIND_BIND:
         return f"{p.exclusive:,} by bind()" if p.exclusive else ""
     if p.reusable:
         return f"{p.reusable:,} TIME_WAIT reusable now (tcp_tw_reuse)"
     return ""
+
+
+def nat_table(a: Analysis, rows: int = 10) -> Table | None:
+    """The NAT pools (doctor/nat.py): translated ports per translated address and
+    destination, by conntrack state; and the table's fill (issue 15)."""
+    nat = a.nat
+    if nat is None or not nat.present or not nat.pools:
+        return None
+    fill = f"{nat.count:,}/{nat.max:,} entries ({nat.fill:.0%})" if nat.fill is not None else ""
+    drops = (
+        f"insert_failed {nat.counters.get('insert_failed', 0):,}, "
+        f"drop {nat.counters.get('drop', 0):,}"
+    )
+    tab = Table(
+        title=f"NAT pools: translated ports per destination (conntrack {fill}; {drops}; "
+        f"TIME_WAIT {nat.time_wait_s} s)",
+        title_justify="left",
+        title_style="bold",
+        show_edge=False,
+    )
+    tab.add_column("translated -> destination", no_wrap=True)
+    tab.add_column("TW", justify="right")
+    tab.add_column("ESTAB", justify="right")
+    tab.add_column("other", justify="right")
+    tab.add_column("held/ports", justify="right", no_wrap=True)
+    tab.add_column("left", justify="right")
+    tab.add_column("usage", no_wrap=True)
+    tab.add_column("evictable", justify="right")
+    tab.add_column("churn/s", justify="right")
+    tab.add_column("full in", justify="right", no_wrap=True)
+    for p in nat.pools[:rows]:
+        st = p.by_state
+        other = p.entries - st.get("time_wait", 0) - st.get("established", 0)
+        tab.add_row(
+            p.label.removeprefix("NAT "),
+            f"{st.get('time_wait', 0):,}",
+            f"{st.get('established', 0):,}",
+            f"{other:,}",
+            f"{p.held:,}/{p.size:,}",
+            f"{p.headroom:,}",
+            Text.assemble(bar(p.usage, 10), f" {p.usage:4.0%}"),
+            f"{p.reclaimable:,}" if nat.eviction else "never",
+            f"{p.churn_per_s:,.1f}",
+            human_seconds(p.eta_s),
+        )
+    return tab
 
 
 def destinations_table(rows: Iterable[Destination], total: int) -> Table:
@@ -248,12 +297,25 @@ def finding_block(f: Finding, index: int) -> RenderableType:
     return Group(*parts)
 
 
+def traced_section(d: Diagnosis, *, top: int = 10) -> list[RenderableType]:
+    """doctor --trace: connect() failures in the last S s and the measured churn (issue 13)."""
+    from timewait.doctor import trace as T
+    from timewait.render.trace import report_section
+
+    tr = T.traced(d.snapshot)
+    return [] if tr is None else report_section(tr, top=top)
+
+
 def render_report(d: Diagnosis, *, top: int = 10) -> RenderableType:
     a = d.analysis
     parts: list[RenderableType] = [header(d), Text(), totals_table(a), Text()]
     parts += [pools_table(a), Text()]
+    parts += traced_section(d, top=top)
     if a.n_destinations:
         parts += [destinations_table(a.destinations(top), a.n_destinations), Text()]
+    nat = nat_table(a, top)
+    if nat is not None:
+        parts += [nat, Text()]
     if a.totals.time_wait:
         parts += [Text("TIME_WAIT timers left", style="bold"), histogram(a), Text()]
     parts.append(Text("Findings", style="bold"))

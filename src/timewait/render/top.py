@@ -24,6 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from timewait.doctor import Diagnosis, Severity, diagnose
+from timewait.doctor import trace as T
 from timewait.render.report import SEVERITY_STYLE, STATUS_STYLE, bar, human_seconds
 from timewait.snapshot import Snapshot
 
@@ -51,6 +52,9 @@ class TopState:
     last: Diagnosis | None = None
     previous: Snapshot | None = None
     frames: int = 0
+    # top --trace: connect() failures per second, and the last frame's counts
+    history_fail: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY))
+    traced: T.Traced | None = None
 
     def update(self, snap: Snapshot) -> Diagnosis:
         """Diagnose `snap` (against the previous snapshot when it is older) and record it."""
@@ -59,9 +63,24 @@ class TopState:
         d = diagnose(snap, prev if older else None)
         self.history_tw.append(float(d.analysis.totals.time_wait))
         self.history_churn.append(d.analysis.churn_per_s)
+        self._count_failures(snap, prev)
         self.last, self.previous = d, snap
         self.frames += 1
         return d
+
+    def _count_failures(self, snap: Snapshot, prev: Snapshot | None) -> None:
+        """The trace's counts since the previous frame (snapshots carry cumulative ones)."""
+        tr = T.traced(snap)
+        if tr is None:
+            return
+        before = T.traced(prev) if prev is not None else None
+        same = before is not None and before.start_ns == tr.start_ns
+        if before is not None and same and tr.window_ns > before.window_ns:
+            tr = T.Traced(
+                rows=T.delta(tr.rows, before.rows), window_ns=tr.window_ns - before.window_ns
+            )
+        self.traced = tr
+        self.history_fail.append(tr.per_s(*T.CONNECT_KINDS))
 
 
 def render_frame(state: TopState, *, width: int = 100, top: int = 10) -> RenderableType:
@@ -89,6 +108,8 @@ def render_frame(state: TopState, *, width: int = 100, top: int = 10) -> Rendera
         f"{a.churn_per_s:,.1f}",
         Text(sparkline(list(state.history_churn), spark_w), style="magenta"),
     )
+    if state.traced is not None:
+        _failure_rows(g, state, spark_w)
     worst = a.pools(top=1)[0]
     g.add_row(
         "fullest pool",
@@ -141,6 +162,28 @@ def render_frame(state: TopState, *, width: int = 100, top: int = 10) -> Rendera
             notes.append(f"[{f.severity.label}] ", style=SEVERITY_STYLE[f.severity])
             notes.append(f.title + "\n")
     return Group(head, Text(), g, Text(), tab, Text(), notes)
+
+
+def _failure_rows(g: Table, state: TopState, spark_w: int) -> None:
+    """top --trace: connect() failures per second, and who fails toward what."""
+    tr = state.traced
+    assert tr is not None
+    rate = tr.per_s(*T.CONNECT_KINDS)
+    by = ", ".join(
+        f"{k} {v / tr.window_s:,.1f}/s" for k, v in tr.by_errno().items() if tr.window_ns
+    )
+    g.add_row(
+        "connect() fail/s",
+        Text(f"{rate:,.1f}", style="bold red" if rate else ""),
+        Text(sparkline(list(state.history_fail), spark_w), style="red"),
+    )
+    worst = tr.groups(*T.CONNECT_KINDS, keys=T.FAILURE_KEYS, top=3)
+    if worst and tr.window_ns:
+        who = " · ".join(
+            f"{w.process} -> {w.destination} {w.errno_name} {w.count / tr.window_s:,.1f}/s"
+            for w in worst
+        )
+        g.add_row("failing", "", Text(f"{by}: {who}" if by else who, style="dim"))
 
 
 # -- the loop (terminal I/O) -----------------------------------------------------------------

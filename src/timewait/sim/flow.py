@@ -99,6 +99,11 @@ class FlowWorkload:
     open_at_start: int = 0  # connections opened at t=0 (a pool), before the arrivals
     sample_every: int = SEC  # time-series resolution
     bind_held_ports: int = 0  # ports of the range held by bind()/listen() users
+    # A captured namespace to start from (timewait.doctor.plan): four-tuples destination 0
+    # holds for the whole run (long-lived connections), and its TIME_WAITs as the ns each has
+    # left. Both are FIFO-compatible: TIME_WAITs are inserted in expiry order.
+    held_at_start: int = 0
+    time_wait_at_start: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.rate >= 0:
@@ -111,8 +116,10 @@ class FlowWorkload:
             raise InvalidWorkload(f"destinations={self.destinations}: must be >= 1")
         if self.arrivals not in ARRIVALS:
             raise InvalidWorkload(f"arrivals={self.arrivals!r}: choose {' or '.join(ARRIVALS)}")
-        if self.open_at_start < 0 or self.bind_held_ports < 0:
-            raise InvalidWorkload("open_at_start and bind_held_ports must be >= 0")
+        if self.open_at_start < 0 or self.bind_held_ports < 0 or self.held_at_start < 0:
+            raise InvalidWorkload("open_at_start, bind_held_ports, held_at_start must be >= 0")
+        if any(t < 0 for t in self.time_wait_at_start):
+            raise InvalidWorkload("time_wait_at_start: every time left must be >= 0 ns")
         if self.sample_every <= 0:
             raise InvalidWorkload(f"sample_every={self.sample_every} ns: must be > 0")
 
@@ -187,6 +194,16 @@ def arrival_times(workload: FlowWorkload, rng: random.Random) -> Callable[[], in
     return poisson
 
 
+def reuse_applies(config: KernelConfig, w: FlowWorkload) -> bool:
+    """The tcp_twsk_unique() conditions that do not depend on the minisocket's age (ref 3):
+    tw_reuse_enabled(); tw_ts_recent_stamp != 0 needs timestamps both ways."""
+    return (
+        tw_reuse_enabled(config, loopback=w.loopback)
+        and config.timestamps_enabled
+        and w.peer_timestamps
+    )
+
+
 class _FlowRun:
     """One run of `simulate()`: the client namespace's state and the three event kinds.
 
@@ -210,13 +227,7 @@ class _FlowRun:
         self.time_wait_len = time_wait_len
         self.timer_hz = timer_hz
         self.outcomes = outcomes
-        # tcp_twsk_unique() conditions that do not depend on the minisocket's age (ref 3):
-        # tw_reuse_enabled(); tw_ts_recent_stamp != 0 needs timestamps both ways.
-        self.reuse = (
-            tw_reuse_enabled(config, loopback=w.loopback)
-            and config.timestamps_enabled
-            and w.peer_timestamps
-        )
+        self.reuse = reuse_applies(config, w)
         self.max_tw = config.tcp_max_tw_buckets
         self.client_first = w.client_closes_first
         self.lifetime = w.lifetime
@@ -234,6 +245,17 @@ class _FlowRun:
         self.next_sample = 0
         self.fails_at_last = 0
         self.ok_at_last = 0
+
+    def start_from_capture(self, held: int, time_wait_left: Sequence[int]) -> None:
+        """Destination 0 starts with `held` four-tuples held all run and these TIME_WAITs."""
+        self.in_use[0] += held
+        for left in sorted(time_wait_left):
+            armed = left - self.time_wait_len  # it entered TIME_WAIT that long ago
+            entry = [self.dies_at(armed), 0, armed]
+            self.tw_all.append(entry)
+            self.tw_dest[0].append(entry)
+            self.tw_total += 1
+            self.in_use[0] += 1
 
     def dies_at(self, armed: int) -> int:
         """When a TIME_WAIT armed at `armed` is killed (the timer wheel's bucket if timer_hz)."""
@@ -349,6 +371,7 @@ def simulate(
     """
     w = workload
     run = _FlowRun(config, w, time_wait_len, outcomes, timer_hz)
+    run.start_from_capture(w.held_at_start, w.time_wait_at_start)
     n_dest = w.destinations
     for i in range(w.open_at_start):
         run.connect(0, i % n_dest)

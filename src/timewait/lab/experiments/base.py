@@ -294,16 +294,9 @@ def kernel_hz() -> int:
     """CONFIG_HZ of the running kernel (from /proc/config.gz), for the model's timer wheel.
 
     250 when the config is not exposed: the reference kernel's value (ref section 0)."""
-    import gzip
+    from timewait.live.kconfig import read_hz
 
-    try:
-        with gzip.open("/proc/config.gz", "rt") as f:
-            for line in f:
-                if line.startswith("CONFIG_HZ="):
-                    return int(line.split("=", 1)[1])
-    except (OSError, ValueError):
-        pass
-    return 250
+    return read_hz() or 250
 
 
 TIMER_WHEEL_NOTE = (

@@ -19,7 +19,7 @@ def register(experiment: Experiment) -> Experiment:
 
 def load_catalog() -> Mapping[str, Experiment]:
     """Import the experiment modules (each registers its experiments)."""
-    from timewait.lab.experiments import apps, closing, pools, ports  # noqa: F401
+    from timewait.lab.experiments import apps, closing, nat, plan, pools, ports  # noqa: F401
 
     return CATALOG
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib
 
-MODULES = ("packet", "flow")
+MODULES = ("packet", "flow", "nat")
 
 
 def load_all() -> None:
