@@ -72,6 +72,9 @@ def test_cli_exit_status_is_1_when_the_script_disagrees(tmp_path: Path) -> None:
     res = CliRunner().invoke(lab_group, ["probe", str(wrong)])
     assert res.exit_code == 1
     assert "DISAGREE" in res.output and "kernel vs script" in res.output
+    # ... and the installed command too (cli.main reads the status from its Ctx).
+    proc = subprocess.run([TIMEWAIT, "lab", "probe", str(wrong)], capture_output=True, text=True)
+    assert proc.returncode == 1 and "DISAGREE" in proc.stdout
 
 
 def test_short_fuzzing_run_finds_no_disagreement() -> None:

@@ -38,6 +38,16 @@ def _fail(ctx: click.Context, error: TimewaitError) -> NoReturn:
     raise LabCommandError(error) from None
 
 
+def _verdict(ctx: click.Context, status: ExitStatus) -> None:
+    """A result's exit status (1: kernel and model disagree). Under `timewait` the status is the
+    Ctx's (click's standalone_mode=False returns ctx.exit's code, and cli.main reads the Ctx);
+    invoked alone, as in tests, through ctx.exit."""
+    if hasattr(ctx.obj, "exit_status"):
+        ctx.obj.exit_status = status
+    elif status != ExitStatus.OK:
+        ctx.exit(int(status))
+
+
 def _progress(err: TextIO) -> Any:
     isatty = getattr(err, "isatty", None)
     if not (isatty and isatty()):
@@ -203,8 +213,18 @@ def lab_probe(
 ) -> None:
     """Run conformance scripts on this kernel and on the model, segment by segment.
 
-    Each script (NAME from `--list`, or a path to a .probe file) runs in a namespace of its own
-    with a TUN device; exit status 1 if the kernel and the model disagree anywhere.
+    Each script (NAME from `--list`, or a path to a .probe file; none: the whole corpus) runs
+    in a namespace of its own with a TUN device at 192.0.2.1, and again on a model host at the
+    times the kernel saw each step. Segments (flags, relative seq/ack, timestamps, length,
+    timing within 4 ms + 12.5%), call results, states, timers and named counters are compared.
+    Exit status 1 if the kernel and the model disagree anywhere, 3 on an error.
+
+    \b
+    Examples:
+      sudo timewait lab probe                      # the whole corpus, about 10 s
+      sudo timewait lab probe tw-paws-reject -v    # one script, every segment of both sides
+      sudo timewait lab probe my-case.probe --record   # fill in the kernel's answers
+      sudo timewait lab probe --fuzz 1000 --seed 7     # random sequences, shrunk on failure
     """
     from timewait.lab.probe import report, runner
 
@@ -233,7 +253,7 @@ def lab_probe(
     else:
         report.render(result, out, verbose=verbose)
     if not result.all_agree:
-        ctx.exit(int(ExitStatus.WARNING))
+        _verdict(ctx, ExitStatus.WARNING)
 
 
 def _probe_fuzz(ctx: click.Context, n: int, jobs: int, first_seed: int, as_json: bool) -> None:
@@ -257,7 +277,7 @@ def _probe_fuzz(ctx: click.Context, n: int, jobs: int, first_seed: int, as_json:
     else:
         out.write(fuzz.render(res) + "\n")
     if res.failures or res.errors:
-        ctx.exit(int(ExitStatus.WARNING))
+        _verdict(ctx, ExitStatus.WARNING)
 
 
 @lab_group.command("cleanup")
