@@ -26,6 +26,8 @@ MODULES: tuple[str, ...] = (
     "timewait.model.outcome",
     "timewait.model.clock",
     "timewait.model.tcp",
+    "timewait.model.rtt",
+    "timewait.model.delack",
     "timewait.model.transitions",
     "timewait.model.timerwheel",
     "timewait.model.ports",

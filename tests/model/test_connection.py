@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import random
 from collections.abc import Callable, Iterator
+from dataclasses import replace
+from itertools import accumulate
 from typing import Any
 
 import pytest
@@ -20,6 +22,7 @@ from timewait.errors import IllegalTransition
 from timewait.model import counters as C
 from timewait.model.clock import HostClocks
 from timewait.model.connection import TCP_TIMEOUT_MIN, Connection
+from timewait.model.delack import TICK_LATENCY
 from timewait.model.events import (
     Closed,
     Connected,
@@ -29,9 +32,11 @@ from timewait.model.events import (
     DataReceived,
     PeerClosed,
 )
+from timewait.model.rtt import HZ
 from timewait.model.segment import Flags, Segment
 from timewait.model.seq import seq_add
 from timewait.model.states import TcpState
+from timewait.model.timerwheel import mean_fire_delay
 from timewait.model.transitions import TRANSITIONS, Input, transition_table_rows
 from timewait.units import MS, SEC
 
@@ -51,6 +56,7 @@ from .conn_helpers import (
     from_peer,
     make_pair,
     new_conn,
+    peer_syn,
     send,
     to_peer,
 )
@@ -59,6 +65,11 @@ S = TcpState
 F = Flags
 L = LOCAL_ISS
 R = REMOTE_ISS
+
+
+def fire(timeout: int) -> int:
+    """When a timer armed for `timeout` fires, on average (K timer wheel, HZ=250)."""
+    return mean_fire_delay(timeout, HZ)
 
 
 def states(conn: Connection) -> list[tuple[TcpState, TcpState]]:
@@ -74,7 +85,8 @@ def test_connect_sends_syn_and_enters_syn_sent() -> None:
     c.connect(0)
     assert c.state is S.SYN_SENT and c.counters[C.ACTIVE_OPENS] == 1
     expect_sent(c, [to_peer(c, seq=L, ack=0, flags=F.SYN)])
-    assert c.next_deadline() == 1 * SEC
+    # 1 s = 250 jiffies, on the timer wheel's next 8-jiffy bucket: 16 ms late on average
+    assert c.next_deadline() == fire(1 * SEC) == 1016 * MS
 
 
 def test_syn_ack_establishes_and_is_acked() -> None:
@@ -146,8 +158,9 @@ def test_simultaneous_open_establishes_both_through_syn_received() -> None:
 # -- data ------------------------------------------------------------------------------------
 
 
-def test_data_is_split_into_mss_segments() -> None:
-    """Application writes leave in segments of at most MSS bytes (K tcp_write_xmit())."""
+def test_data_is_split_into_mss_segments_psh_on_the_last() -> None:
+    """Application writes leave in segments of at most MSS bytes (K tcp_write_xmit()); the last
+    segment of the write carries PSH (tcp_push() tcp_mark_push(); probe est-push-every-write)."""
     c = conn_in(S.ESTABLISHED)
     c.send(b"x" * 3000, 0)
     expect_sent(
@@ -155,7 +168,7 @@ def test_data_is_split_into_mss_segments() -> None:
         [
             to_peer(c, seq=L + 1, payload=b"x" * 1460),
             to_peer(c, seq=L + 1461, payload=b"x" * 1460),
-            to_peer(c, seq=L + 2921, payload=b"x" * 80),
+            to_peer(c, seq=L + 2921, payload=b"x" * 80, flags=F.PSH | F.ACK),
         ],
     )
     send(c, from_peer(c, ack=L + 3001))
@@ -163,13 +176,34 @@ def test_data_is_split_into_mss_segments() -> None:
 
 
 def test_peer_window_limits_bytes_in_flight() -> None:
-    """RFC 9293 §3.8.6: never send beyond SND.UNA + SND.WND."""
+    """RFC 9293 §3.8.6: never send beyond SND.UNA + SND.WND; a segment leaves only if it fits
+    (K tcp_snd_wnd_test()), except what fits when nothing is in flight (the model's stand-in
+    for the persist timer)."""
     c = conn_in(S.ESTABLISHED)
-    send(c, from_peer(c, window=1000))
-    c.send(b"y" * 2500, 0)
-    expect_sent(c, [to_peer(c, seq=L + 1, payload=b"y" * 1000)])
-    send(c, from_peer(c, ack=L + 1001, window=1000))
-    expect_sent(c, [to_peer(c, seq=L + 1001, payload=b"y" * 1000)])
+    send(c, from_peer(c, window=2000))
+    c.send(b"y" * 3500, 0)
+    expect_sent(c, [to_peer(c, seq=L + 1, payload=b"y" * 1460)])  # 1460 more would not fit
+    send(c, from_peer(c, ack=L + 1461, window=2000))
+    expect_sent(c, [to_peer(c, seq=L + 1461, payload=b"y" * 1460)])
+    send(c, from_peer(c, ack=L + 2921, window=100))
+    expect_sent(c, [to_peer(c, seq=L + 2921, payload=b"y" * 100)])
+
+
+def test_segments_are_cut_to_half_a_small_peer_window() -> None:
+    """K tcp_bound_to_half_wnd(): with a largest window of 1000 bytes (> TCP_MSS_DEFAULT) the
+    MSS becomes 500, and forced_push() marks PSH every half window (probe
+    est-peer-window-limits)."""
+    c = new_conn()
+    c.accept_syn(peer_syn(), 0)
+    c.receive(from_peer(c, window=1000), 0)
+    c.segments_to_send(0)
+    c.send(b"z" * 1500, 0)
+    expect_sent(c, [
+        to_peer(c, seq=L + 1, payload=b"z" * 500),
+        to_peer(c, seq=L + 501, payload=b"z" * 500, flags=F.PSH | F.ACK),
+    ])  # fmt: skip
+    send(c, from_peer(c, ack=L + 1001, window=1000), t=10 * MS)
+    expect_sent(c, [to_peer(c, seq=L + 1001, payload=b"z" * 500, flags=F.PSH | F.ACK)])
 
 
 def test_in_order_data_is_delivered_and_acked() -> None:
@@ -181,12 +215,105 @@ def test_in_order_data_is_delivered_and_acked() -> None:
     assert c.read() == b"hello" and c.read() == b""
 
 
-def test_out_of_order_segment_is_dropped_with_duplicate_ack() -> None:
-    """Model rule (no reassembly): a segment beyond RCV.NXT is dropped and RCV.NXT re-ACKed."""
+def test_out_of_order_segment_is_queued_until_the_hole_fills() -> None:
+    """K tcp_data_queue_ofo(): a segment beyond RCV.NXT is kept and RCV.NXT re-ACKed at once
+    (no SACK); when the hole fills both are delivered and ACKed (tcp_ofo_queue(), RFC 5681
+    4.2; probe est-out-of-order-queued)."""
     c = conn_in(S.ESTABLISHED)
     send(c, from_peer(c, seq=R + 11, payload=b"later"))
     expect_sent(c, [to_peer(c, ack=R + 1)])
     assert c.read() == b"" and c.rcv_nxt == R + 1
+    send(c, from_peer(c, seq=R + 1, payload=b"0123456789"))
+    expect_sent(c, [to_peer(c, ack=R + 16)])
+    assert c.read() == b"0123456789later"
+
+
+def test_retransmission_collapses_small_writes_into_one_segment() -> None:
+    """K tcp_retrans_try_collapse(): a retransmitted segment with room to spare takes in the
+    sk_buffs after it while they fit one MSS; PSH is merged (probe rto-collapse-two-writes)."""
+    c = conn_in(S.ESTABLISHED)
+    c.send(b"a" * 100, 0)
+    c.send(b"b" * 100, 0)
+    assert len(c.segments_to_send(0)) == 2
+    d = c.next_deadline()
+    assert d is not None
+    c.on_timer(d)
+    expect_sent(c, [to_peer(c, seq=L + 1, payload=b"a" * 100 + b"b" * 100, flags=F.PSH | F.ACK)])
+
+
+def test_retransmission_carries_a_lost_fin_with_the_data() -> None:
+    """K tcp_collapse_retrans(): "Merge over control information. This moves PSH/FIN etc.
+    over" -- lost data and the FIN after it come back as one FIN segment (probe
+    rto-collapse-data-and-fin)."""
+    c = conn_in(S.ESTABLISHED)
+    c.send(b"d" * 100, 0)
+    c.close(0)
+    assert len(c.segments_to_send(0)) == 2
+    d = c.next_deadline()
+    assert d is not None
+    c.on_timer(d)
+    (seg,) = c.segments_to_send(d)
+    assert seg.flags == F.FIN | F.PSH | F.ACK and seg.seq == L + 1 and len(seg.payload) == 100
+
+
+def test_retransmission_after_partial_ack_is_a_full_mss_of_the_write() -> None:
+    """K __tcp_retransmit_skb(): a write is one sk_buff (GSO cuts it on the way out); after a
+    partial ACK it is trimmed at snd_una and cut at the MSS again, so the retransmission
+    carries a full MSS, not the rest of the first segment (probe
+    rto-after-partial-ack-full-mss)."""
+    c = conn_in(S.ESTABLISHED)
+    c.send(b"x" * 2000, 0)
+    assert [len(s.payload) for s in c.segments_to_send(0)] == [1460, 540]
+    send(c, from_peer(c, ack=L + 2))
+    d = c.next_deadline()
+    assert d is not None
+    c.on_timer(d)
+    (seg,) = c.segments_to_send(d)
+    assert seg.seq == L + 2 and len(seg.payload) == 1460
+
+
+def test_header_prediction_keeps_data_with_a_too_old_ack() -> None:
+    """K tcp_rcv_established() fast path: in-order data is queued before tcp_ack() sees an
+    RFC 5961 too-old ACK, so with our data in flight (forward-allocated memory) it stays and
+    the challenge ACK acknowledges it; once nothing is in flight or unread the slow path drops
+    it (probes est-data-too-old-ack-fast-path-in-flight, -slow-path-after-read)."""
+    c = conn_in(S.ESTABLISHED)
+    c.send(b"x" * 100, 0)
+    c.segments_to_send(0)
+    send(c, from_peer(c, ack=seq_add(L, -99_000), payload=b"0123456789"))
+    assert c.read() == b"0123456789" and c.counters[C.CHALLENGE_ACK] == 1
+    expect_sent(c, [to_peer(c, ack=R + 11)])
+    send(c, from_peer(c, ack=L + 101), t=10 * MS)
+    send(c, from_peer(c, ack=seq_add(L, -99_000), payload=b"more"), t=600 * MS)
+    assert c.read() == b"" and c.counters[C.CHALLENGE_ACK] == 2
+
+
+def test_header_prediction_stores_ts_recent_before_the_challenge_ack() -> None:
+    """K tcp_rcv_established() fast path: tcp_store_ts_recent() before tcp_ack(), so the
+    challenge ACK for a too-old pure ACK echoes its TSval; a changed window defeats the
+    prediction and the slow path leaves TS.Recent alone (probe
+    est-ack-too-old-fast-path-stores-ts)."""
+    c = conn_in(S.ESTABLISHED, config=TS)
+    send(c, from_peer(c, ack=seq_add(L, -99_000), tsval=102, tsecr=0), t=10 * MS)
+    (ack,) = c.segments_to_send(10 * MS)
+    assert ack.tsecr == 102
+    seg = from_peer(c, ack=seq_add(L, -99_000), tsval=103, tsecr=0, window=65000)
+    send(c, seg, t=700 * MS)
+    (ack,) = c.segments_to_send(700 * MS)
+    assert ack.tsecr == 102 and c.counters[C.CHALLENGE_ACK] == 2
+
+
+def test_data_after_shutdown_rd_resets_and_reports_econnreset() -> None:
+    """K tcp_rcv_state_process(): with RCV_SHUTDOWN new data in FIN_WAIT_1 draws an RST and
+    tcp_reset() reports ECONNRESET to the descriptor (probe fw2-data-after-shutdown-rd-resets)."""
+    c = conn_in(S.ESTABLISHED)
+    c.shutdown_read()
+    c.shutdown_write(0)
+    c.segments_to_send(0)
+    send(c, from_peer(c, payload=b"late"))
+    assert c.state is S.CLOSED and ConnectionReset in events(c)
+    (rst,) = c.segments_to_send(0)
+    assert rst.rst
 
 
 def test_old_duplicate_data_is_reacked_not_redelivered() -> None:
@@ -201,12 +328,13 @@ def test_old_duplicate_data_is_reacked_not_redelivered() -> None:
 
 
 def test_data_retransmitted_on_rto_with_exponential_backoff() -> None:
-    """RFC 6298 §5.5: RTO doubles on each expiry (1 s initial, K tcp_retransmit_timer())."""
+    """RFC 6298 §5.5: RTO doubles on each expiry (K tcp_retransmit_timer()). The handshake took
+    no time, so the RTO is rttvar's floor, TCP_RTO_MIN (probe rto-data-rtt-based)."""
     c = conn_in(S.ESTABLISHED)
     c.send(b"data", 0)
-    seg = to_peer(c, seq=L + 1, payload=b"data")
+    seg = to_peer(c, seq=L + 1, payload=b"data", flags=F.PSH | F.ACK)
     expect_sent(c, [seg])
-    c.on_timer(999 * MS)  # early: harmless
+    c.on_timer(199 * MS)  # early: harmless
     expect_nothing(c)
     deadlines = []
     for _ in range(4):
@@ -215,12 +343,15 @@ def test_data_retransmitted_on_rto_with_exponential_backoff() -> None:
         deadlines.append(d)
         c.on_timer(d)
         expect_sent(c, [seg], t=d)
-    assert deadlines == [1 * SEC, 3 * SEC, 7 * SEC, 15 * SEC]
+    # 200 ms << n, each fired on the timer wheel (timerwheel.mean_fire_delay())
+    assert deadlines == list(accumulate(fire(200 * MS << i) for i in range(4)))
+    assert deadlines[0] == 202 * MS
     assert c.counters[C.RETRANS_SEGS] == 4
-    send(c, from_peer(c), t=16 * SEC)
+    send(c, from_peer(c), t=4 * SEC)
     assert c.next_deadline() is None
-    c.send(b"more", 17 * SEC)
-    assert c.next_deadline() == 18 * SEC  # backoff reset by the new ACK
+    c.send(b"more", 5 * SEC)
+    # Karn: the ACK covered retransmitted data, no RTT sample, so the backed-off RTO stays.
+    assert c.next_deadline() == 5 * SEC + fire(3200 * MS)
 
 
 def test_rto_backoff_is_capped_at_tcp_rto_max() -> None:
@@ -229,17 +360,20 @@ def test_rto_backoff_is_capped_at_tcp_rto_max() -> None:
     c.send(b"d", 0)
     gaps = []
     last = 0
-    for _ in range(9):
+    for _ in range(12):
         d = c.next_deadline()
         assert d is not None
         gaps.append(d - last)
         last = d
         c.on_timer(d)
-    assert gaps == [s * SEC for s in (1, 2, 4, 8, 16, 32, 64, 120, 120)]
+    want = [200 * MS << i for i in range(10)] + [120 * SEC, 120 * SEC]
+    assert gaps == [fire(g) for g in want]
 
 
-def test_syn_retransmitted_tcp_syn_retries_times_then_timed_out() -> None:
-    """tcp_syn_retries=6: SYNs at 0,1,3,7,15,31,63 s, ETIMEDOUT at 127 s (K tcp_write_timeout())."""
+def test_syn_retransmissions_are_linear_then_exponential() -> None:
+    """tcp_syn_linear_timeouts=4 (K tcp_retransmit_timer(): no backoff while total_rto <= 4)
+    and tcp_syn_retries=6 + 4 retransmissions (tcp_write_timeout()): SYNs at 0, 1, 2, 3, 4, 5,
+    7, 11, 19, 35, 67 s, ETIMEDOUT at 131 s (probe rto-syn-linear)."""
     c = conn_in(S.SYN_SENT)
     fired = []
     while c.state is S.SYN_SENT:
@@ -249,27 +383,54 @@ def test_syn_retransmitted_tcp_syn_retries_times_then_timed_out() -> None:
         fired.append(d)
         if c.state is S.SYN_SENT:
             expect_sent(c, [to_peer(c, seq=L, ack=0, flags=F.SYN)], t=d)
-    assert fired == [s * SEC for s in (1, 3, 7, 15, 31, 63, 127)]
+    secs = (1, 2, 3, 4, 5, 7, 11, 19, 35, 67, 131)
+    rtos = [b - a for a, b in zip((0, *secs), secs, strict=False)]
+    assert fired == list(accumulate(fire(r * SEC) for r in rtos))
     assert c.state is S.CLOSED and events(c) == [ConnectionTimedOut, Closed]
-    assert c.counters[C.RETRANS_SEGS] == 6 and c.counters[C.ATTEMPT_FAILS] == 1
+    assert c.counters[C.RETRANS_SEGS] == 10 and c.counters[C.ATTEMPT_FAILS] == 1
 
 
-def test_syn_retries_follow_the_sysctl() -> None:
-    """net.ipv4.tcp_syn_retries bounds the SYN retransmissions."""
-    c = conn_in(S.SYN_SENT, config=NO_TS.replace(tcp_syn_retries=2))
+def test_syn_retries_bound_the_time_spent() -> None:
+    """K retransmits_timed_out(): tcp_syn_retries=1 gives a budget of tcp_model_timeout(1, 1 s)
+    = 3 s, so connect() fails at 3 s after two retransmissions (probe rto-syn-retries-timeout)."""
+    c = conn_in(S.SYN_SENT, config=NO_TS.replace(tcp_syn_retries=1))
     fire_timers(c, 1000 * SEC)
     assert c.counters[C.RETRANS_SEGS] == 2 and c.state is S.CLOSED
+    assert events(c) == [ConnectionTimedOut, Closed]
 
 
-def test_data_retransmissions_give_up_after_tcp_retries2() -> None:
-    """tcp_retries2=15 retransmissions, then ETIMEDOUT without an RST (tcp_write_err())."""
+def test_data_retransmissions_give_up_after_tcp_retries2_time_budget() -> None:
+    """tcp_retries2=15 is a time budget: tcp_model_timeout(15, TCP_RTO_MIN) = 924.6 s from the
+    first send (K retransmits_timed_out()); with a 200 ms RTO that is 15 retransmissions, then
+    ETIMEDOUT without an RST (tcp_write_err())."""
     c = conn_in(S.ESTABLISHED)
     c.send(b"lost", 0)
     c.segments_to_send(0)
-    fire_timers(c, 10_000 * SEC)
+    last = 0
+    while c.state is S.ESTABLISHED:
+        d = c.next_deadline()
+        assert d is not None
+        last = d
+        c.on_timer(d)
+    # 924.6 s of nominal timeouts, each fired on the timer wheel: 16 firings in all
+    assert last == sum(fire(min(200 * MS << i, 120 * SEC)) for i in range(16))
     assert c.counters[C.RETRANS_SEGS] == 15 and c.counters[C.ABORT_ON_TIMEOUT] == 1
     assert c.state is S.CLOSED and events(c) == [ConnectionTimedOut, Closed]
     assert all(not s.rst for s in c.segments_to_send(0))
+
+
+def test_orphan_retransmissions_get_a_shorter_budget() -> None:
+    """K tcp_orphan_retries(): an orphan gets 8 retries' time, tcp_model_timeout(8, 200 ms) =
+    102.2 s, then gives up silently."""
+    c = conn_in(S.FIN_WAIT_1)
+    last = 0
+    while c.state is S.FIN_WAIT_1:
+        d = c.next_deadline()
+        assert d is not None
+        last = d
+        c.on_timer(d)
+    assert last == sum(fire(200 * MS << i) for i in range(9))
+    assert c.counters[C.RETRANS_SEGS] == 8
 
 
 # -- closing ---------------------------------------------------------------------------------
@@ -317,17 +478,30 @@ def test_passive_close_never_enters_time_wait() -> None:
     assert S.TIME_WAIT not in {new for _, new in states(c)}
 
 
-def test_ack_of_fin_in_established_is_delayed_40ms() -> None:
-    """K tcp_input.c tcp_fin(): CLOSE_WAIT enters pingpong mode, so the FIN's ACK waits for
-    the delayed-ACK timer (TCP_DELACK_MIN = HZ/25 = 40 ms) instead of going out at once."""
+def test_ack_of_bare_fin_before_any_data_leaves_at_the_next_tick() -> None:
+    """K tcp_fin() schedules the ACK and enters pingpong mode, but before any data arrived the
+    delayed-ACK timeout (icsk_ack.ato) is still 0: tcp_send_delayed_ack() arms the timer for
+    the next tick (probe delack-fin-no-data-next-tick)."""
     c = conn_in(S.ESTABLISHED)
     send(c, from_peer(c, flags=F.FIN | F.ACK))
     expect_sent(c, [])
-    assert c.next_deadline() == 40 * MS
-    c.on_timer(39 * MS)
-    expect_sent(c, [], t=39 * MS)
-    c.on_timer(40 * MS)
-    expect_sent(c, [to_peer(c, ack=R + 2)], t=40 * MS)
+    assert c.next_deadline() == TICK_LATENCY
+    c.on_timer(TICK_LATENCY)
+    expect_sent(c, [to_peer(c, ack=R + 2)], t=TICK_LATENCY)
+
+
+def test_ack_of_fin_after_data_is_delayed_40ms() -> None:
+    """After data, ato is TCP_ATO_MIN (tcp_event_data_recv()), and CLOSE_WAIT's pingpong mode
+    means no quick ACK: the FIN's ACK waits 40 ms (probe delack-fin-after-data-40ms)."""
+    c = conn_in(S.ESTABLISHED)
+    send(c, from_peer(c, payload=b"hi"))
+    expect_sent(c, [to_peer(c, ack=R + 3)])  # the first data: quick ACK
+    send(c, from_peer(c, flags=F.FIN | F.ACK), t=100 * MS)
+    expect_sent(c, [])
+    assert c.next_deadline() == 140 * MS + TICK_LATENCY
+    c.on_timer(140 * MS + TICK_LATENCY)
+    expect_sent(c, [to_peer(c, ack=R + 4)])
+    assert c.counters[C.DELAYED_ACKS] == 1
 
 
 def test_fin_answered_by_close_piggybacks_the_ack() -> None:
@@ -363,11 +537,15 @@ def test_orphaned_fin_wait_2_hands_off_for_tcp_fin_timeout() -> None:
 
 
 def test_fin_wait_2_timeout_is_at_least_3_5_rto() -> None:
-    """K tcp_fin_time() and tcp_time_wait(): the FIN_WAIT2 wait is never below 3.5 x RTO."""
-    c = conn_in(S.FIN_WAIT_1)
+    """K tcp_fin_time() and tcp_time_wait(): the FIN_WAIT2 wait is never below 3.5 x RTO, the
+    RTO of a 300 ms handshake being 900 ms (probe fw2-floor-3-5-rto)."""
+    c = new_conn()
+    c.accept_syn(peer_syn(), 0)
+    send(c, from_peer(c), t=300 * MS)
+    c.close(300 * MS)
     c.linger2 = 1 * SEC
-    send(c, from_peer(c, ack=L + 2))
-    assert c.pending_minisock == (S.FIN_WAIT_2, 3500 * MS)
+    send(c, from_peer(c, ack=L + 2), t=600 * MS)
+    assert c.pending_minisock == (S.FIN_WAIT_2, 3150 * MS)
 
 
 def test_fin_timeout_above_60s_splits_full_socket_and_minisocket() -> None:
@@ -539,10 +717,10 @@ def test_syn_sent_unacceptable_ack_gets_rst_and_fast_syn_retransmit() -> None:
     assert c.next_deadline() == 100 * MS + TCP_TIMEOUT_MIN == 108 * MS
     c.on_timer(108 * MS)
     expect_sent(c, [to_peer(c, seq=L, ack=0, flags=F.SYN)])
-    assert c.next_deadline() == 108 * MS + 2 * SEC
+    assert c.next_deadline() == 108 * MS + fire(1 * SEC)  # linear: the RTO stays 1 s
     # Once retransmitted, another unacceptable ACK does not pull the timer in again.
     send(c, from_peer(c, seq=R, ack=12345), t=200 * MS)
-    assert c.next_deadline() == 108 * MS + 2 * SEC
+    assert c.next_deadline() == 108 * MS + fire(1 * SEC)
 
 
 def test_syn_in_established_gets_challenge_ack() -> None:
@@ -559,6 +737,57 @@ def test_ack_of_unsent_data_gets_challenge_ack() -> None:
     send(c, from_peer(c, ack=L + 5000, payload=b"x"))
     assert c.read() == b""
     expect_sent(c, [to_peer(c)])
+
+
+def test_ack_below_what_we_could_have_sent_gets_challenge_ack() -> None:
+    """RFC 5961 §5.2, K tcp_ack() SKB_DROP_REASON_TCP_TOO_OLD_ACK: an ACK further below SND.UNA
+    than the bytes acknowledged so far (max_window bounded by bytes_acked) gets a challenge ACK
+    and TCPChallengeACK (probe est-ack-too-old-challenge)."""
+    c = conn_in(S.ESTABLISHED)
+    c.send(b"x" * 100, 0)
+    c.segments_to_send(0)
+    send(c, from_peer(c))
+    assert c.snd_una == seq_add(L, 101)
+    send(c, from_peer(c, ack=seq_add(L, -66_000)), t=10 * MS)
+    assert c.counters[C.CHALLENGE_ACK] == 1
+    expect_sent(c, [to_peer(c)])
+    send(c, from_peer(c, ack=seq_add(L, 1)), t=20 * MS)  # old but within bytes acked: fine
+    assert c.counters[C.CHALLENGE_ACK] == 1
+
+
+def test_in_order_data_with_a_too_old_ack_is_dropped() -> None:
+    """K tcp_ack() returns -SKB_DROP_REASON_TCP_TOO_OLD_ACK and tcp_rcv_established() drops the
+    segment: its data is not queued (probe est-data-too-old-ack-dropped)."""
+    c = conn_in(S.ESTABLISHED)
+    c.send(b"x" * 100, 0)
+    c.segments_to_send(0)
+    send(c, from_peer(c))
+    send(c, from_peer(c, ack=seq_add(L, -66_000), payload=b"data"), t=10 * MS)
+    assert c.read() == b"" and c.rcv_nxt == R + 1
+    expect_sent(c, [to_peer(c)])
+
+
+def test_paws_rejected_old_pure_ack_is_dropped_silently() -> None:
+    """K tcp_validate_incoming() -> tcp_disordered_ack_check(): a PAWS-failing pure ACK whose
+    seq is below RCV.NXT is dropped without a duplicate ACK, counted in PAWSOldAck (probe
+    est-paws-old-pure-ack-silent)."""
+    c = conn_in(S.ESTABLISHED, config=TS)
+    send(c, from_peer(c, payload=b"0123456789", tsval=200, tsecr=0), t=10 * MS)
+    c.segments_to_send(60 * MS)
+    send(c, from_peer(c, seq=R, tsval=150, tsecr=0), t=70 * MS)
+    assert c.counters[C.PAWS_OLD_ACK] == 1 and c.counters[C.PAWS_ESTAB] == 0
+    expect_nothing(c, 70 * MS)
+
+
+def test_synack_with_a_tsecr_we_never_sent_gets_rst() -> None:
+    """K tcp_rcv_synsent_state_process(): TSecr not between our first SYN's stamp and now ->
+    RST (SEQ = SEG.ACK), PAWSActive, still SYN_SENT (probe synsent-synack-bad-tsecr)."""
+    c = conn_in(S.SYN_SENT, config=TS)
+    synack = from_peer(c, seq=R, ack=seq_add(L, 1), flags=F.SYN | F.ACK, tsval=700)
+    send(c, replace(synack, tsecr=(c.ts_offset + 100_000) & 0xFFFFFFFF), t=10 * MS)
+    assert c.state is S.SYN_SENT and c.counters[C.PAWS_ACTIVE] == 1
+    (rst,) = c.segments_to_send(10 * MS)
+    assert rst.flags == F.RST and rst.seq == seq_add(L, 1)
 
 
 def test_out_of_window_acks_are_rate_limited() -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from timewait.config import RFC9293, KernelConfig
-from timewait.errors import AddressInUse, AddressNotAvailable
+from timewait.errors import AddressInUse, AddressNotAvailable, NotConnected
 from timewait.model import counters as C
 from timewait.model.host import Host, SockOpt
 from timewait.model.minisock import MiniSocket
@@ -55,7 +55,8 @@ def test_two_hosts_handshake_data_close_time_wait_on_active_closer_only() -> Non
 def test_descriptor_reads_closed_once_a_time_wait_minisocket_replaced_it() -> None:
     """K tcp_time_wait() ends in tcp_done(): with the descriptor still open (shutdown, not close)
     the full socket is CLOSED once the minisocket holds the four-tuple, and calls on the
-    descriptor leave that minisocket and its 60 s timer alone."""
+    descriptor leave that minisocket and its 60 s timer alone: shutdown() fails with ENOTCONN
+    (K inet_shutdown(), case TCP_CLOSE; probe close-shutdown-after-reset-enotconn)."""
     net = make_net()
     lfd = listen(net.server)
     cfd, sfd = open_pair(net, lfd)
@@ -65,7 +66,8 @@ def test_descriptor_reads_closed_once_a_time_wait_minisocket_replaced_it() -> No
     net.settle()
     assert len(tw_of(net.client)) == 1
     assert net.client.state(cfd) is TcpState.CLOSED
-    net.client.shutdown(cfd, net.now)
+    with pytest.raises(NotConnected):
+        net.client.shutdown(cfd, net.now)
     net.client.close(cfd, net.now)
     assert len(tw_of(net.client)) == 1
     net.run(60 * SEC)

@@ -45,3 +45,16 @@ def test_never_early_and_late_by_at_most_one_bucket(armed: int, timeout: int, hz
     t = fires_at(armed, armed + timeout, hz)
     assert t >= armed + timeout
     assert t - (armed + timeout) <= timeout // 7 + 2 * SEC // hz  # granularity <= ~12.5%
+
+
+def test_calc_index_mean_delay_of_connection_timers() -> None:
+    """K kernel/time/timer.c calc_index() rounds an expiry up to its level's next bucket; over
+    an unknown jiffies phase a timer fires on average half a bucket after its whole-jiffy
+    timeout: +2 ms for a 200 ms RTO (level 0), +16 ms for 1 s (level 1, 8-jiffy buckets),
+    +128 ms for 3.2 s (level 2) at HZ=250 (probe rto-chain-whole-jiffies: 212, then 444 ms)."""
+    from timewait.model.timerwheel import mean_fire_delay
+
+    assert mean_fire_delay(200 * MS, 250) == 202 * MS
+    assert mean_fire_delay(209_500_000, 250) == 214 * MS  # 53 jiffies, then half a tick
+    assert mean_fire_delay(1 * SEC, 250) == 1016 * MS
+    assert mean_fire_delay(3200 * MS, 250) == 3328 * MS

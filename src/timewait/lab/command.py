@@ -38,6 +38,16 @@ def _fail(ctx: click.Context, error: TimewaitError) -> NoReturn:
     raise LabCommandError(error) from None
 
 
+def _verdict(ctx: click.Context, status: ExitStatus) -> None:
+    """A result's exit status (1: kernel and model disagree). Under `timewait` the status is the
+    Ctx's (click's standalone_mode=False returns ctx.exit's code, and cli.main reads the Ctx);
+    invoked alone, as in tests, through ctx.exit."""
+    if hasattr(ctx.obj, "exit_status"):
+        ctx.obj.exit_status = status
+    elif status != ExitStatus.OK:
+        ctx.exit(int(status))
+
+
 def _progress(err: TextIO) -> Any:
     isatty = getattr(err, "isatty", None)
     if not (isatty and isatty()):
@@ -173,6 +183,101 @@ def lab_run(
         except TimewaitError as e:
             _fail(ctx, e)
         (err if as_json else out).write(f"plot written to {written}\n")
+
+
+@lab_group.command("probe")
+@click.argument("names", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: every verdict and its diffs.")
+@click.option("--list", "list_only", is_flag=True, help="List the corpus: name and rule.")
+@click.option("--record", is_flag=True,
+              help="Print each script with the kernel's answers (three runs each).")  # fmt: skip
+@click.option("--jobs", type=click.IntRange(1, 64), default=8, show_default=True,
+              help="Namespaces running at once.")  # fmt: skip
+@click.option("--verbose", "-v", is_flag=True, help="Show every segment of both sides.")
+@click.option("--fuzz", "fuzz_n", type=click.IntRange(1, 100_000), default=None,
+              help="Instead of the corpus: N random sequences (needs hypothesis); a "
+                   "disagreement is shrunk and printed as a script.")  # fmt: skip
+@click.option("--seed", "fuzz_seed", type=int, default=0, show_default=True,
+              help="First Hypothesis seed of --fuzz (one per job).")  # fmt: skip
+@click.pass_context
+def lab_probe(
+    ctx: click.Context,
+    names: tuple[str, ...],
+    as_json: bool,
+    list_only: bool,
+    record: bool,
+    jobs: int,
+    verbose: bool,
+    fuzz_n: int | None,
+    fuzz_seed: int,
+) -> None:
+    """Run conformance scripts on this kernel and on the model, segment by segment.
+
+    Each script (NAME from `--list`, or a path to a .probe file; none: the whole corpus) runs
+    in a namespace of its own with a TUN device at 192.0.2.1, and again on a model host at the
+    times the kernel saw each step. Segments (flags, relative seq/ack, timestamps, length,
+    timing within 4 ms + 12.5%), call results, states, timers and named counters are compared.
+    Exit status 1 if the kernel and the model disagree anywhere, 3 on an error.
+
+    \b
+    Examples:
+      sudo timewait lab probe                      # the whole corpus, about 10 s
+      sudo timewait lab probe tw-paws-reject -v    # one script, every segment of both sides
+      sudo timewait lab probe my-case.probe --record   # fill in the kernel's answers
+      sudo timewait lab probe --fuzz 1000 --seed 7     # random sequences, shrunk on failure
+    """
+    from timewait.lab.probe import report, runner
+
+    out, err = _streams(ctx.obj)
+    if fuzz_n is not None:
+        _probe_fuzz(ctx, fuzz_n, jobs, fuzz_seed, as_json)
+        return
+    try:
+        scripts = runner.choose(names)
+        if list_only:
+            report.render_list(scripts, out, as_json=as_json)
+            return
+        show = _progress(err)
+        result = report.run(scripts, jobs=jobs, progress=show, repeat=3 if record else 1)
+        if show:
+            err.write("\r\x1b[2K")
+    except TimewaitError as e:
+        _fail(ctx, e)
+    if record:
+        for text in result.recorded():
+            out.write(text)
+            out.write("\n")
+    elif as_json:
+        json.dump(result.to_json(), out, indent=2)
+        out.write("\n")
+    else:
+        report.render(result, out, verbose=verbose)
+    if not result.all_agree:
+        _verdict(ctx, ExitStatus.WARNING)
+
+
+def _probe_fuzz(ctx: click.Context, n: int, jobs: int, first_seed: int, as_json: bool) -> None:
+    out, err = _streams(ctx.obj)
+    try:
+        from timewait.lab.probe import fuzz
+    except ImportError as e:  # hypothesis is a development dependency
+        from timewait.lab.namespaces import LabUnavailable
+
+        _fail(ctx, LabUnavailable(f"--fuzz needs hypothesis (pip install hypothesis): {e}"))
+    show = _progress(err)
+    try:
+        res = fuzz.fuzz(n, jobs=jobs, base_seed=first_seed, progress=show)
+    except TimewaitError as e:
+        _fail(ctx, e)
+    if show:
+        err.write("\r\x1b[2K")
+    if as_json:
+        json.dump(fuzz.to_json(res), out, indent=2)
+        out.write("\n")
+    else:
+        out.write(fuzz.render(res) + "\n")
+    if res.failures or res.errors:
+        _verdict(ctx, ExitStatus.WARNING)
 
 
 @lab_group.command("cleanup")

@@ -46,6 +46,12 @@ class ConnectionReset(Event):
 
 
 @dataclass(slots=True, kw_only=True)
+class BrokenPipe(Event):
+    """An acceptable RST arrived after the peer's FIN (CLOSE_WAIT): K tcp_reset() reports EPIPE
+    there, ECONNRESET elsewhere."""
+
+
+@dataclass(slots=True, kw_only=True)
 class ConnectionRefused(Event):
     """The SYN was answered by an RST acknowledging it (ECONNREFUSED)."""
 

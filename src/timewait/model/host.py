@@ -74,6 +74,9 @@ from timewait.model.timerwheel import fires_at
 from timewait.units import SEC
 
 ESTABLISHED: Final = TcpState.ESTABLISHED
+SYN_RECEIVED: Final = TcpState.SYN_RECEIVED
+# net.core.somaxconn default (Linux 5.4+): the cap of every listen() backlog.
+SOMAXCONN: Final = 4096
 
 
 class SockOpt(Enum):
@@ -108,6 +111,8 @@ class Socket:
     listening: bool
     conn: Connection | None
     accept_queue: list[Socket]
+    backlog: int  # listen(2) backlog (sk_max_ack_backlog)
+    requests: int  # passive children still in SYN_RECV: Linux's request queue length
     parent: Socket | None
     queued: bool  # an established child waiting in its listener's accept queue
     fd_open: bool
@@ -139,6 +144,8 @@ class Socket:
         self.listening = False
         self.conn = None
         self.accept_queue = []
+        self.backlog = 0
+        self.requests = 0
         self.parent = parent
         self.queued = False
         self.fd_open = fd_open
@@ -246,9 +253,11 @@ class Host:
         s.user_bound_port = port != 0
         return s.lport
 
-    def listen(self, fd: int, now: int) -> None:
-        """listen(2): an unbound socket autobinds like bind(port 0)."""
+    def listen(self, fd: int, now: int, backlog: int = SOMAXCONN) -> None:
+        """listen(2): an unbound socket autobinds like bind(port 0). `backlog` is capped at
+        net.core.somaxconn (4096) as the kernel does."""
         s = self._sock(fd)
+        s.backlog = min(max(backlog, 0), SOMAXCONN)
         if not s.lport:
             self.bind(fd, s.bind_addr, 0, now)
         s.listening = True
@@ -340,10 +349,17 @@ class Host:
         conn = self._conn(fd)
         self._apply(conn, conn.send(data, now), now)
 
-    def recv(self, fd: int) -> bytes:
-        """read(2) of everything delivered so far (b"" when nothing)."""
+    def recv(self, fd: int, now: int | None = None) -> bytes:
+        """read(2) of everything delivered so far (b"" when nothing). With `now`, the read may
+        send the ACK it makes due (K tcp_cleanup_rbuf(): Connection.read_done())."""
         s = self._sock(fd)
-        return s.conn.read() if s.conn is not None else b""
+        conn = s.conn
+        if conn is None:
+            return b""
+        data = conn.read()
+        if now is not None and data and self.ehash.get(conn.tuple) is conn:
+            self._apply(conn, conn.read_done(len(data), now), now)
+        return data
 
     def events(self, fd: int) -> list[Event]:
         """Drain the connection events (Connected, DataReceived, PeerClosed, ...) of a socket."""
@@ -365,10 +381,18 @@ class Host:
             return TcpState.CLOSED
         return conn.state
 
-    def shutdown(self, fd: int, now: int) -> None:
-        """shutdown(SHUT_WR): FIN without orphaning (FIN_WAIT_2 then has no timeout, ref 2.2)."""
+    def shutdown(self, fd: int, now: int, *, read: bool = False, write: bool = True) -> None:
+        """shutdown(2): SHUT_WR (the default) sends a FIN without orphaning (FIN_WAIT_2 then has
+        no timeout, ref 2.2); SHUT_RD sends nothing (`read=True, write=False`)."""
         conn = self._conn(fd)
-        self._apply(conn, conn.shutdown_write(now), now)
+        if self.state(fd) is TcpState.CLOSED:
+            # K af_inet.c inet_shutdown(): "case TCP_CLOSE: err = -ENOTCONN" (reset, timed out,
+            # or replaced by a TIME_WAIT minisocket).
+            raise NotConnected(f"fd {fd} is not connected")
+        if read:
+            conn.shutdown_read()
+        if write:
+            self._apply(conn, conn.shutdown_write(now), now)
 
     def close(self, fd: int, now: int) -> None:
         """close(2). A connection lives on as an orphan (FIN_WAIT_1, LAST_ACK, ...)."""
@@ -405,25 +429,55 @@ class Host:
         ft = seg.receiver_tuple
         sk = self.ehash.get(ft)
         if isinstance(sk, Connection):
+            if sk.state is SYN_RECEIVED:
+                owner = self._owner.get(ft)
+                parent = owner.parent if owner is not None else None
+                if parent is not None:
+                    # tcp_check_req() creates the child only if the accept queue has room;
+                    # else the final ACK is dropped and the SYN-ACK timer goes on.
+                    sk.accept_full = len(parent.accept_queue) > parent.backlog
             self._apply(sk, sk.receive(seg, now), now)
             return
-        isn: int | None = None
-        if sk is not None:
-            res = sk.process(seg, now, self.config, self.profile, self.counters)
-            reopen = res.op
-            if not isinstance(reopen, Reopen):
-                self._apply(sk, res, now)
-                return
-            isn = reopen.isn  # TCP_TW_SYN: look for a listener, as for a segment with no socket
+        if sk is None:
+            listener = self._listener(ft.laddr, ft.lport)
+            if listener is not None:
+                self._listen_rcv(listener, seg, now, None)
+            else:
+                self._send_reset(seg)
+            return
+        res = sk.process(seg, now, self.config, self.profile, self.counters)
+        reopen = res.op
+        if not isinstance(reopen, Reopen):
+            self._apply(sk, res, now)
+            return
+        # TCP_TW_SYN: a listener takes the SYN with the forced ISN; none -> the minisocket ACKs.
         listener = self._listener(ft.laddr, ft.lport)
-        if listener is not None and seg.syn and not seg.has_ack and not seg.rst:
-            if sk is not None:
-                self._apply(sk, sk.kill(now), now)  # inet_twsk_deschedule_put(); goto process
-            self._passive_open(listener, seg, now, isn)
-        elif sk is not None:
-            self._apply(sk, sk.timewait_ack(now), now)  # no listener: "fall through to ACK"
+        if listener is not None:
+            self._apply(sk, sk.kill(now), now)  # inet_twsk_deschedule_put(); goto process
+            self._listen_rcv(listener, seg, now, reopen.isn)
         else:
+            self._apply(sk, sk.timewait_ack(now), now)  # "fall through to ACK"
+
+    def _listen_rcv(self, listener: Socket, seg: Segment, now: int, isn: int | None) -> None:
+        """A segment for a listener (K tcp_rcv_state_process() case TCP_LISTEN): an ACK is
+        answered with a RST, an RST dropped, a SYN (without FIN) may open a connection
+        (tcp_conn_request()), anything else is dropped."""
+        if seg.has_ack:
             self._send_reset(seg)
+            return
+        if seg.rst or not seg.syn or seg.fin:
+            return
+        # tcp_conn_request(): a full request queue means SYN cookies in Linux (tcp_syncookies
+        # 1); the model has none and drops the SYN, as tcp_syncookies=0 does. A reopened
+        # TIME_WAIT skips that test ("peer is evidently real"), not the accept queue's.
+        if isn is None and listener.requests > listener.backlog:
+            self.counters[C.LISTEN_DROPS] += 1
+            return
+        if len(listener.accept_queue) > listener.backlog:  # sk_acceptq_is_full()
+            self.counters[C.LISTEN_OVERFLOWS] += 1
+            self.counters[C.LISTEN_DROPS] += 1
+            return
+        self._passive_open(listener, seg, now, isn)
 
     def segments_to_send(self, now: int) -> list[Segment]:
         """Everything queued for the wire since the last call, in order."""
@@ -578,6 +632,7 @@ class Host:
         # __inet_inherit_port(): the child joins the listener's bind bucket.
         self.ports.inherit(listener, child)
         child.port_held = True
+        listener.requests += 1
         self._apply(conn, conn.accept_syn(syn, now), now)
 
     def _send_reset(self, seg: Segment) -> None:
@@ -622,12 +677,18 @@ class Host:
 
     def _queue_if_established(self, ft: FourTuple, changes: list[StateChange]) -> None:
         """An accepted child that reached ESTABLISHED joins its listener's accept queue
-        (inet_csk_reqsk_queue_add()); accept() then gives it a descriptor."""
+        (inet_csk_reqsk_queue_add()); accept() then gives it a descriptor. A child leaving
+        SYN_RECV leaves the listener's request queue."""
         owner = self._owner.get(ft)
-        if owner is None or owner.parent is None or owner.queued or not owner.parent.listening:
+        if owner is None or owner.parent is None or owner.queued:
+            return
+        parent = owner.parent
+        if any(ch.old is SYN_RECEIVED for ch in changes):
+            parent.requests -= 1
+        if not parent.listening:
             return
         if any(ch.new is ESTABLISHED for ch in changes):
-            owner.parent.accept_queue.append(owner)
+            parent.accept_queue.append(owner)
             owner.queued = True
 
     def _time_wait(self, conn: Connection, op: HandOff, now: int) -> None:
@@ -696,8 +757,8 @@ class Host:
         # (SOCK_BINDPORT_LOCK); then close() releases it.
         if not owner.user_bound_port or not owner.fd_open:
             self._release_port(owner)
-        if owner.parent is not None and owner in owner.parent.accept_queue:
-            owner.parent.accept_queue.remove(owner)
+        # A child reset before accept() stays in the accept queue: accept() returns it and its
+        # first read reports the reset (K tcp_done() leaves the queue alone).
 
     def _release_port(self, s: Socket) -> None:
         if s.port_held:

@@ -49,3 +49,26 @@ def fires_at(armed_at: int, expires: int, hz: int) -> int:
     shift = lvl * LVL_CLK_SHIFT
     bucket = ((exp >> shift) + 1) << shift  # calc_index(): round up to the level's granularity
     return bucket * tick
+
+
+def level_of(ticks: int, hz: int) -> int:
+    """The wheel level a timer `ticks` jiffies ahead is filed in (calc_wheel_index())."""
+    lvl = 0
+    while lvl < lvl_depth(hz) - 1 and ticks >= lvl_start(lvl + 1):
+        lvl += 1
+    return lvl
+
+
+def mean_fire_delay(timeout: int, hz: int) -> int:
+    """How long after arming (ns), on average over the unknown jiffies phase, a timer armed
+    `timeout` ns ahead fires: the timeout in whole jiffies (usecs_to_jiffies() rounds up),
+    then calc_index() rounds the expiry up to the next bucket of its level, 1 to 8**level
+    jiffies later, while arming happened somewhere inside the current jiffy. Level 0 (under
+    63 jiffies: delayed ACKs, a 200 ms RTO): half a tick late on average; level 1 (up to 511
+    jiffies, 2 s at HZ=250: backed-off RTOs, the 1 s SYN timer): 16 ms. The connection timers
+    use this mean, not `fires_at()`'s fixed phase: the kernel's phase is unknown to the model,
+    and the mean halves the worst error."""
+    tick = SEC // hz
+    ticks = -(-timeout // tick)
+    gran = 1 << (level_of(ticks, hz) * LVL_CLK_SHIFT)
+    return ticks * tick + gran * tick // 2

@@ -257,6 +257,10 @@ def _old_duplicates_variant(
         "corrupted_bytes": corrupted,
         "duplicates_sent": link.stats["delayed_duplicates"],
         "paws_rejects": b.client.counters[C.PAWS_ESTAB] + b.client.counters[C.PAWS_TIMEWAIT],
+        # RFC 5961 5.2 (K tcp_ack()): an old duplicate's ACK belongs to the old incarnation's
+        # sequence space, below SND.UNA - (bytes acknowledged so far): challenge ACK, dropped.
+        "old_acks_rejected": b.client.counters[C.CHALLENGE_ACK]
+        + b.client.counters[C.ACK_SKIPPED_CHALLENGE],
         "connect_eaddrnotavail": client.stats.failures["EADDRNOTAVAIL"],
         "resets": b.client.counters[C.OUT_RSTS] + b.server.counters[C.OUT_RSTS],
         "time_wait_ms": profile.time_wait_len / MS,
@@ -299,7 +303,8 @@ def run_old_duplicates(p: dict[str, ParamValue], seed: int) -> ScenarioResult:
     verdict = (
         f"old data accepted into a new incarnation: {tw['corruptions']} with the full 60 s "
         f"TIME_WAIT, {sw['corruptions']} ({sw['corrupted_bytes']} bytes) with "
-        f"{wait}, "
+        f"{wait} -- the new incarnation's RFC 5961 5.2 ACK check rejected "
+        f"{sw['old_acks_rejected']} segments whose ACK belonged to the old one --, "
         f"{ps['corruptions']} with the short wait plus timestamps "
         f"(PAWS rejected {ps['paws_rejects']}); with tcp_rfc1337=0 RSTs cut the wait short: "
         f"{variants['time-wait,rfc1337=0']['corruptions']}. connect_eaddrnotavail counts the "
@@ -570,6 +575,7 @@ def run_max_tw_buckets(p: dict[str, ParamValue], seed: int) -> ScenarioResult:
             "clean_closes": res["clean_closes"],
             "resets": res["resets"],
             "corruptions": od["corruptions"],
+            "old_acks_rejected": od["old_acks_rejected"],
             "timestamps": False,
             "tcp_rfc1337": 1,
         }
@@ -579,7 +585,8 @@ def run_max_tw_buckets(p: dict[str, ParamValue], seed: int) -> ScenarioResult:
         f"tcp_max_tw_buckets={small}: TCPTimeWaitOverflow {lo['time_wait_overflows']} "
         f"(vs {big['time_wait_overflows']}), resets {lo['resets']} (vs {big['resets']}), old data "
         f"accepted {lo['corruptions']} (vs {big['corruptions']}): overflow skips TIME_WAIT and "
-        f"its protection"
+        f"its protection; only the RFC 5961 ACK check was left to reject old duplicates "
+        f"({lo['old_acks_rejected']}, vs {big['old_acks_rejected']} with TIME_WAIT)"
     )
     return ScenarioResult(
         scenario="max-tw-buckets", params=dict(p), variants=variants, verdict=verdict
