@@ -7,7 +7,10 @@ import os
 import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -30,6 +33,21 @@ def need_bpftrace() -> None:
         if os.environ.get("CI") == "true":
             pytest.fail(f"{reason}; under CI=true this test must run")
         pytest.skip(reason)
+
+
+T = TypeVar("T")
+
+
+def wait_for(cond: Callable[[], T], what: str, timeout: float = 20.0) -> T:
+    """Poll `cond` until it returns something true; fail naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = cond()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.01)
 
 
 SS_STATES = ("time-wait", "fin-wait-2", "close-wait", "established", "listening")

@@ -21,31 +21,16 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 
-from .helpers import need_root
+from .helpers import need_root, wait_for
 
 pytestmark = pytest.mark.root
 
 TIMEWAIT = str(Path(sys.executable).with_name("timewait"))
-T = TypeVar("T")
-
-
-def wait_for(cond: Callable[[], T], what: str, timeout: float = 20.0) -> T:
-    """Poll `cond` until it returns something true; fail naming `what` after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = cond()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.02)
 
 
 def _ip(*args: str) -> str:

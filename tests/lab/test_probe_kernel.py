@@ -9,10 +9,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 from click.testing import CliRunner
@@ -20,22 +17,11 @@ from click.testing import CliRunner
 from timewait.lab.command import lab_group
 from timewait.lab.probe import fuzz, report, runner
 
+from .helpers import wait_for
+
 pytestmark = pytest.mark.root
 
 TIMEWAIT = str(Path(sys.executable).with_name("timewait"))
-T = TypeVar("T")
-
-
-def wait_for(cond: Callable[[], T], what: str, timeout: float = 30.0) -> T:
-    """Poll `cond` until it returns something true; fail naming `what` after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = cond()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.01)
 
 
 def test_whole_corpus_agrees_with_the_model() -> None:

@@ -83,7 +83,13 @@ from timewait.model.rtt import (
 from timewait.model.segment import FIN_ACK, RST_ACK, SYN_ACK, Flags, FourTuple, Segment, reset_reply
 from timewait.model.seq import MASK, seq_add, seq_diff, seq_ge, seq_gt, seq_le, seq_lt
 from timewait.model.states import TcpState
-from timewait.model.tcp import TCP_PAWS_WINDOW, oow_rate_limited, paws_check, paws_reject
+from timewait.model.tcp import (
+    TCP_PAWS_WINDOW,
+    in_window,
+    oow_rate_limited,
+    paws_check,
+    paws_reject,
+)
 from timewait.model.timerwheel import mean_fire_delay
 from timewait.model.transitions import Input, lookup
 from timewait.units import MS
@@ -1073,7 +1079,7 @@ class Connection:
                 self._rto_at = self._rto_deadline(now)
             return False
         end = seq_add(seg.seq, seg.seg_len)
-        in_window = _in_window(seg.seq, end, self.rcv_nxt, seq_add(self.rcv_nxt, self.rcv_wnd))
+        acceptable = in_window(seg.seq, end, self.rcv_nxt, seq_add(self.rcv_nxt, self.rcv_wnd))
         if seg.rst:
             # The 6.18.44 kernel probed checks an RST before the ACK (the 6.18.19 source checks
             # the ACK first and resets the request on any in-window RST): outside the window
@@ -1087,7 +1093,7 @@ class Connection:
             if tsecr_rej:
                 self.counters[C.TSECR_REJECTED] += 1
                 return False
-            if not in_window:
+            if not acceptable:
                 return False
             if seg.seq != self.rcv_nxt:
                 if not oow_rate_limited(
@@ -1104,7 +1110,7 @@ class Connection:
             # Not an ACK of our SYN-ACK: the listener answers it (tcp_v4_send_reset()).
             self._reply_rst(seg)
             return False
-        if paws or not in_window:
+        if paws or not acceptable:
             # req->rsk_ops->send_ack(): SEQ = ISN + 1, ACK = rcv_nxt; counted as the drop
             # reason says (PAWSEstab, TSEcrRejected).
             if not oow_rate_limited(
@@ -1525,12 +1531,3 @@ class Connection:
 
     def _linger2_neg(self) -> bool:
         return self.orphaned and self.linger2 is not None and self.linger2 < 0
-
-
-def _in_window(seq: int, end_seq: int, s_win: int, e_win: int) -> bool:
-    """K tcp_minisocks.c tcp_in_window()."""
-    if seq == s_win:
-        return True
-    if seq_gt(end_seq, s_win) and seq_lt(seq, e_win):
-        return True
-    return seq == e_win and seq == end_seq

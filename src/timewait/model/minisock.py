@@ -71,7 +71,7 @@ from timewait.model.outcome import KILL, Outcome, Reopen, StateChange, TableOp
 from timewait.model.segment import Flags, FourTuple, Segment, is_loopback, reset_reply
 from timewait.model.seq import MASK, seq_add, seq_diff, seq_gt, seq_lt
 from timewait.model.states import TCP_TIMEWAIT_LEN, TcpState
-from timewait.model.tcp import oow_rate_limited, paws_reject
+from timewait.model.tcp import in_window, oow_rate_limited, paws_reject
 from timewait.units import MS, SEC
 
 # -- named, sourced constants -------------------------------------------------------------------
@@ -813,15 +813,6 @@ def classify_time_wait(
     return SegmentKind.OOW_ACK
 
 
-def _in_window(seq: int, end_seq: int, s_win: int, e_win: int) -> bool:
-    """K tcp_minisocks.c tcp_in_window()."""
-    if seq == s_win:
-        return True
-    if seq_gt(end_seq, s_win) and seq_lt(seq, e_win):
-        return True
-    return seq == e_win and seq == end_seq
-
-
 def classify_fin_wait2(
     tw: MiniSocket, seg: Segment, config: KernelConfig, now: int, *, timestamps: bool = True
 ) -> SegmentKind:
@@ -833,7 +824,7 @@ def classify_fin_wait2(
 
     if saw_ts and _paws_rejected(tw, seg, now):
         return SegmentKind.FW2_PAWS_REJECT
-    if not _in_window(seg.seq, end_seq, rcv_nxt, seq_add(rcv_nxt, tw.rcv_wnd)):
+    if not in_window(seg.seq, end_seq, rcv_nxt, seq_add(rcv_nxt, tw.rcv_wnd)):
         return SegmentKind.FW2_RST_OUT_OF_WINDOW if seg.rst else SegmentKind.FW2_OUT_OF_WINDOW
     if seg.rst:
         return SegmentKind.FW2_RST_IN_WINDOW

@@ -1,4 +1,5 @@
-"""Rules a full socket and a minisocket share: PAWS and the out-of-window ACK rate limit.
+"""Rules a full socket and a minisocket share: PAWS, the window test, the out-of-window ACK rate
+limit.
 
 Theory of operation
 -------------------
@@ -17,7 +18,7 @@ from typing import Final, Protocol
 from timewait.config import TCP_PAWS_MSL, KernelConfig
 from timewait.model.counters import Counters
 from timewait.model.segment import Segment
-from timewait.model.seq import seq_diff
+from timewait.model.seq import seq_diff, seq_gt, seq_lt
 from timewait.units import SEC
 
 # include/net/tcp.h TCP_PAWS_WINDOW 1: a full socket lets a TSval one tick older than ts_recent
@@ -83,3 +84,14 @@ def oow_rate_limited(
         return True
     sk.last_oow_ack_time = now
     return False
+
+
+def in_window(seq: int, end_seq: int, s_win: int, e_win: int) -> bool:
+    """K tcp_minisocks.c tcp_in_window(), which tcp_check_req() (a request socket) and
+    tcp_timewait_state_process() (a minisocket) both call: a segment is acceptable when it starts
+    at the window's left edge, overlaps the window, or is empty at its right edge."""
+    if seq == s_win:
+        return True
+    if seq_gt(end_seq, s_win) and seq_lt(seq, e_win):
+        return True
+    return seq == e_win and seq == end_seq
