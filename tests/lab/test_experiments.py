@@ -7,7 +7,6 @@ is reported as a MODEL DEFECT -- and that the only ones are the known, explained
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -35,9 +34,7 @@ def _run(name: str) -> LabResult:
     need_root()
     exp = get(name)
     before = {n for n in _namespaces()}
-    t0 = time.monotonic()
-    result = exp.run(dict(exp.quick))
-    assert time.monotonic() - t0 <= 20, f"{name} quick form took too long"
+    result = exp.run(dict(exp.quick))  # how long it takes is not a behaviour: no bound here
     mine = {n for n in _namespaces() if n.startswith(f"{PREFIX}{__import__('os').getpid()}-")}
     assert not (mine - before), f"{name} left namespaces behind: {mine - before}"
     defects = {(name, r.variant, r.metric) for r in result.defects}
