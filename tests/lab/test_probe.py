@@ -4,6 +4,7 @@ generator and shrinking (against a deliberately broken model instead of the kern
 
 from __future__ import annotations
 
+import io
 import json
 import struct
 from dataclasses import replace
@@ -14,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from timewait.lab.command import lab_group
-from timewait.lab.probe import fuzz, runner
+from timewait.lab.probe import fuzz, report, runner
 from timewait.lab.probe import script as sc
 from timewait.lab.probe.compare import MS, against_script, compare, tolerance
 from timewait.lab.probe.modelside import ModelSide
@@ -361,3 +362,15 @@ def test_fuzzer_shrinks_a_disagreement_to_a_ready_to_add_script() -> None:
     assert "= EAGAIN" in text and "kernel vs model" in shrunk.comments[0]
     timeline = [s for s in shrunk.steps if not isinstance(s, sc.Expect)]
     assert len(timeline) <= 8, text
+
+
+@pytest.mark.parametrize(("hz", "noted"), [(250, False), (0, False), (1000, True), (100, True)])
+def test_a_kernel_with_another_config_hz_is_named_in_the_report(hz: int, noted: bool) -> None:
+    """The model's jiffy timers are the reference kernel's HZ=250: on a kernel built with
+    another CONFIG_HZ the report says so (0: the config is not exposed, nothing to say)."""
+    run = report.ProbeRun(scripts=[], kernel_hz=hz)
+    out = io.StringIO()
+    report.render(run, out)
+    assert ("CONFIG_HZ=" in out.getvalue()) is noted
+    data = run.to_json()
+    assert data["model_hz"] == 250 and data["kernel_hz"] == (hz or None)

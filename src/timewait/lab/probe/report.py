@@ -17,6 +17,8 @@ from typing import Any, TextIO
 from timewait.lab.probe import runner
 from timewait.lab.probe.compare import Verdict
 from timewait.lab.probe.script import Script
+from timewait.live.kconfig import read_hz
+from timewait.model.rtt import HZ as MODEL_HZ
 
 
 @dataclass(slots=True)
@@ -27,6 +29,18 @@ class ProbeRun:
     extra: dict[str, list[Verdict]] = field(default_factory=dict)  # repeated runs (record)
     wall_s: float = 0.0
     kernel: str = field(default_factory=lambda: os.uname().release)
+    kernel_hz: int = field(default_factory=read_hz)  # 0: the kernel does not expose its config
+
+    def hz_note(self) -> str | None:
+        """The model's jiffy-based timers (RTO rounding, the delayed-ACK tick, the timer wheel)
+        assume the reference kernel's HZ; on another CONFIG_HZ a few ms of timing can differ."""
+        if self.kernel_hz in (0, MODEL_HZ):
+            return None
+        return (
+            f"note: this kernel runs at CONFIG_HZ={self.kernel_hz}, the model's timers at "
+            f"HZ={MODEL_HZ} (the reference kernel's): a timing difference of a jiffy or two comes "
+            "from that, not from a rule"
+        )
 
     @property
     def agreeing(self) -> int:
@@ -55,6 +69,8 @@ class ProbeRun:
             "failed": len(self.failed),
             "agreement_pct": round(100.0 * self.agreeing / max(1, len(self.scripts)), 2),
             "wall_s": round(self.wall_s, 2),
+            "kernel_hz": self.kernel_hz or None,
+            "model_hz": MODEL_HZ,
             "results": [
                 {
                     "name": s.name,
@@ -131,6 +147,9 @@ def render(result: ProbeRun, out: TextIO, *, verbose: bool = False) -> None:
         + (f", {len(result.failed)} failed to run" if result.failed else "")
         + f"; {result.wall_s:.1f} s\n"
     )
+    note = result.hz_note()
+    if note:
+        out.write(note + "\n")
 
 
 def render_list(scripts: Sequence[Script], out: TextIO, *, as_json: bool = False) -> None:
